@@ -1,0 +1,74 @@
+"""k1s0_event_store: append-only event streams with optimistic concurrency (seed 002).
+
+The public API is this module; everything else is private. Typical use::
+
+    store = PostgresEventStore(EventStoreConfig(dsn="postgresql://…", schema="orders"))
+    version = await store.append(StreamId("order", "order-001"), [EventEnvelope("OrderPlaced", {...})],
+                                 expected_version=0)
+    events = await store.load(StreamId("order", "order-001"))
+"""
+
+from ._api import EventStore, SnapshotStore
+from ._config import EventStoreConfig
+from ._errors import (
+    ConcurrencyError,
+    EventIdConflictError,
+    EventNotFoundError,
+    EventStoreError,
+    NotFoundError,
+    PermissionDeniedError,
+    SnapshotNotFoundError,
+    StreamAlreadyExistsError,
+    StreamNotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+    ValidationError,
+)
+from ._model import (
+    NO_STREAM,
+    AppendRequest,
+    AppendResult,
+    EventEnvelope,
+    EventVersion,
+    Snapshot,
+    StreamId,
+    StreamPage,
+    prepare_append,
+)
+from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
+from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_STREAM",
+    "AppendRequest",
+    "AppendResult",
+    "ConcurrencyError",
+    "EventEnvelope",
+    "EventIdConflictError",
+    "EventNotFoundError",
+    "EventStore",
+    "EventStoreConfig",
+    "EventStoreError",
+    "EventVersion",
+    "InMemoryEventStore",
+    "InMemorySnapshotStore",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PostgresEventStore",
+    "PostgresSnapshotStore",
+    "Snapshot",
+    "SnapshotNotFoundError",
+    "SnapshotStore",
+    "StreamAlreadyExistsError",
+    "StreamId",
+    "StreamNotFoundError",
+    "StreamPage",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "ValidationError",
+    "__version__",
+    "create_pool",
+    "prepare_append",
+]

@@ -1,0 +1,127 @@
+"""The store API (seed 002): what every event store and snapshot store offers.
+
+``InMemoryEventStore``, ``PostgresEventStore`` and the gRPC client store implement this same API
+and pass the same contract test suite, so application code can switch between them unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ._errors import EventStoreError
+from ._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage, prepare_append
+
+
+class EventStore(ABC):
+    """Append-only event streams with optimistic concurrency and a global order.
+
+    ``expected_version``: ``None`` appends at any version; ``-1`` requires that the stream does not
+    exist; ``N >= 0`` requires that the stream is at version ``N`` (0: new or empty).
+    """
+
+    #: Largest number of events one append may carry; ``None``: no limit.
+    max_events_per_append: int | None = None
+
+    async def append(
+        self, stream_id: StreamId | str, events: Sequence[EventEnvelope], expected_version: int | None = None
+    ) -> int:
+        """Append atomically and return the stream's new version (seed 002's signature)."""
+        return (await self.append_events(stream_id, events, expected_version)).current_version
+
+    async def append_events(
+        self, stream_id: StreamId | str, events: Sequence[EventEnvelope], expected_version: int | None = None
+    ) -> AppendResult:
+        """Append atomically and return the stored events (with versions, sequences, times)."""
+        request = prepare_append(stream_id, events, expected_version, max_events=self.max_events_per_append)
+        (outcome,) = await self.append_batch([request])
+        if isinstance(outcome, EventStoreError):
+            raise outcome
+        return outcome
+
+    @abstractmethod
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult | EventStoreError]:
+        """Apply several validated appends in one commit, in order.
+
+        Each request succeeds or fails on its own (a version conflict fails that request only); the
+        successful ones become visible together. This is the sidecar's group-commit path.
+        """
+
+    @abstractmethod
+    async def load(
+        self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None
+    ) -> list[EventEnvelope]:
+        """The stream's events with ``from_version <= version <= to_version``; ``[]`` if none."""
+
+    @abstractmethod
+    async def read_stream(
+        self,
+        stream_id: StreamId | str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> StreamPage:
+        """A page of one stream; raises ``StreamNotFoundError`` for a stream with no events."""
+
+    @abstractmethod
+    async def get_event(self, stream_id: StreamId | str, sequence: int) -> EventEnvelope:
+        """The event with this global sequence, if it belongs to this stream (else not found)."""
+
+    @abstractmethod
+    async def read_all(
+        self,
+        after_sequence: int = 0,
+        limit: int = 1000,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+    ) -> list[EventEnvelope]:
+        """Events of every stream with ``sequence > after_sequence``, in sequence order.
+
+        Sequence order equals commit order: a reader that repeatedly asks for ``sequence > last``
+        never misses an event that commits later with a lower sequence.
+        """
+
+    @abstractmethod
+    async def head_sequence(self) -> int:
+        """The highest committed sequence (0 when empty)."""
+
+    @abstractmethod
+    async def exists(self, stream_id: StreamId | str) -> bool: ...
+
+    @abstractmethod
+    async def current_version(self, stream_id: StreamId | str) -> int:
+        """The stream's version; 0 for a stream that does not exist."""
+
+    @abstractmethod
+    async def delete_stream(self, stream_id: StreamId | str) -> int:
+        """Delete a stream with its events and snapshots; return how many events went."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the in-memory store has none."""
+
+
+class SnapshotStore(ABC):
+    """Snapshots of aggregate state, so a replay can start from the newest one."""
+
+    @abstractmethod
+    async def save(
+        self, stream_id: StreamId | str, version: int, state: Any, aggregate_type: str | None = None
+    ) -> Snapshot:
+        """Store ``state`` as of ``version`` (1 <= version <= the stream's current version)."""
+
+    @abstractmethod
+    async def load_latest(self, stream_id: StreamId | str) -> Snapshot | None:
+        """The snapshot with the highest version, or ``None``."""
+
+    @abstractmethod
+    async def prune(self, older_than: datetime) -> int:
+        """Delete snapshots taken before ``older_than``, always keeping each stream's newest one."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

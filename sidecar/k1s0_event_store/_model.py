@@ -1,0 +1,286 @@
+"""Plain data: stream ids, event envelopes, snapshots, and the validation every store shares.
+
+Validation lives here, not in the stores, so that the in-memory store, PostgreSQL and the sidecar
+reject exactly the same inputs with exactly the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NewType
+
+from ._errors import ValidationError
+
+#: A stream's version: 0 before its first event, then the version of its last event (1-based).
+EventVersion = NewType("EventVersion", int)
+
+#: ``expected_version=-1``: the stream must not exist yet.
+NO_STREAM = -1
+
+MAX_STREAM_ID_LENGTH = 255
+MAX_EVENT_TYPE_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamId:
+    """A stream identifier: ``{aggregate_type}-{aggregate_id}`` (the seed's ``order-order-001``)."""
+
+    aggregate_type: str
+    aggregate_id: str = ""
+
+    def __post_init__(self) -> None:
+        validate_name(self.aggregate_type, "aggregate_type", MAX_STREAM_ID_LENGTH)
+        validate_name(str(self), "stream_id", MAX_STREAM_ID_LENGTH)
+
+    def __str__(self) -> str:
+        return f"{self.aggregate_type}-{self.aggregate_id}" if self.aggregate_id else self.aggregate_type
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @classmethod
+    def parse(cls, value: str) -> StreamId:
+        """Split a wire-format stream id at its first ``-``; one without ``-`` is its own type."""
+        if not isinstance(value, str):
+            raise ValidationError("stream_id must be a string", field="stream_id")
+        validate_name(value, "stream_id", MAX_STREAM_ID_LENGTH)
+        aggregate_type, sep, aggregate_id = value.partition("-")
+        if not sep or not aggregate_type or not aggregate_id:
+            # "-x", "x-" and "x" keep their exact spelling: the type is the whole value.
+            return cls(value, "")
+        return cls(aggregate_type, aggregate_id)
+
+    @classmethod
+    def of(cls, value: StreamId | str) -> StreamId:
+        return value if isinstance(value, StreamId) else cls.parse(value)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EventEnvelope:
+    """One event. On the way in only ``event_type`` and ``payload`` are needed; the store fills in
+    ``version``, ``sequence`` and ``stored_at`` and returns complete envelopes."""
+
+    event_type: str
+    payload: Any
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    stream_id: StreamId | None = None
+    event_id: uuid.UUID | None = None
+    occurred_at: datetime | None = None
+    version: int | None = None
+    sequence: int | None = None
+    stored_at: datetime | None = None
+
+    @property
+    def stream(self) -> str:
+        return str(self.stream_id) if self.stream_id is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An aggregate's state as of ``version`` of its stream."""
+
+    stream_id: StreamId
+    version: int
+    state: Any
+    aggregate_type: str
+    id: str
+    taken_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append stored: the events as written and the stream's version after it."""
+
+    stream_id: StreamId
+    events: list[EventEnvelope]
+    current_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    """A page of one stream's events, with the totals the REST pagination block needs."""
+
+    stream_id: StreamId
+    events: list[EventEnvelope]
+    current_version: int
+    total_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An input event after validation: JSON already encoded, id and time fixed.
+
+    Encoding happens once, before any lock is taken, so that a bad payload fails early and the
+    database transaction holds its lock only for the insert itself.
+    """
+
+    event_id: uuid.UUID
+    id_given: bool
+    event_type: str
+    payload: Any
+    metadata: dict[str, Any]
+    payload_json: str
+    metadata_json: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """One validated append, as the stores' batch path takes it."""
+
+    stream_id: StreamId
+    events: tuple[PreparedEvent, ...]
+    expected_version: int | None
+
+
+def validate_name(value: object, field_name: str, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field_name} must be a string", field=field_name)
+    if not value:
+        raise ValidationError(f"{field_name} must not be empty", field=field_name)
+    if len(value) > max_length:
+        raise ValidationError(f"{field_name} must be at most {max_length} characters", field=field_name)
+    if _CONTROL.search(value):
+        raise ValidationError(f"{field_name} must not contain control characters", field=field_name)
+    if value != value.strip():
+        raise ValidationError(f"{field_name} must not start or end with white space", field=field_name)
+    return value
+
+
+def encode_json(value: Any, field_name: str) -> str:
+    """JSON text PostgreSQL's ``jsonb`` will accept, or a ValidationError naming the field."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{field_name} cannot be serialised as JSON: {exc}", field=field_name) from exc
+    # jsonb rejects the NUL character in strings (and keys); refuse it up front, not as a 500 later.
+    if "\\u0000" in text:
+        raise ValidationError(f"{field_name} must not contain the NUL character (\\u0000)", field=field_name)
+    return text
+
+
+def validate_expected_version(expected_version: object) -> int | None:
+    if expected_version is None:
+        return None
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise ValidationError("expected_version must be an integer", field="expected_version")
+    if expected_version < NO_STREAM:
+        raise ValidationError(
+            "expected_version must be -1 (no stream), 0 or a positive version", field="expected_version"
+        )
+    return expected_version
+
+
+def validate_version_bound(value: object, field_name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{field_name} must be an integer", field=field_name)
+    if value < minimum:
+        raise ValidationError(f"{field_name} must be >= {minimum}", field=field_name)
+    return value
+
+
+def prepare_event(event: EventEnvelope, index: int, stream_id: StreamId | None = None) -> PreparedEvent:
+    where = f"events[{index}]"
+    if not isinstance(event, EventEnvelope):
+        raise ValidationError(f"{where} must be an EventEnvelope", field=where)
+    if event.stream_id is not None and stream_id is not None and str(event.stream_id) != str(stream_id):
+        raise ValidationError(
+            f"{where}.stream_id {event.stream_id} does not match the stream appended to ({stream_id})",
+            field=f"{where}.stream_id",
+        )
+    validate_name(event.event_type, f"{where}.event_type", MAX_EVENT_TYPE_LENGTH)
+    metadata = event.metadata if event.metadata is not None else {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError(f"{where}.metadata must be a JSON object", field=f"{where}.metadata")
+    metadata = dict(metadata)
+    payload_json = encode_json(event.payload, f"{where}.payload")
+    metadata_json = encode_json(metadata, f"{where}.metadata")
+    if event.event_id is not None and not isinstance(event.event_id, uuid.UUID):
+        raise ValidationError(f"{where}.event_id must be a UUID", field=f"{where}.event_id")
+    occurred_at = event.occurred_at or _utcnow()
+    if occurred_at.tzinfo is None:
+        raise ValidationError(f"{where}.occurred_at must carry a time zone", field=f"{where}.occurred_at")
+    return PreparedEvent(
+        event_id=event.event_id or uuid.uuid4(),
+        id_given=event.event_id is not None,
+        event_type=event.event_type,
+        payload=event.payload,
+        metadata=metadata,
+        payload_json=payload_json,
+        metadata_json=metadata_json,
+        occurred_at=occurred_at,
+    )
+
+
+def prepare_append(
+    stream_id: StreamId | str,
+    events: Sequence[EventEnvelope],
+    expected_version: object = None,
+    *,
+    max_events: int | None = None,
+) -> AppendRequest:
+    """Validate one append completely; raise before anything is written."""
+    sid = StreamId.of(stream_id)
+    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+        raise ValidationError("events must be a list of events", field="events")
+    if not events:
+        raise ValidationError("events must not be empty", field="events")
+    if max_events is not None and len(events) > max_events:
+        raise ValidationError(
+            f"at most {max_events} events may be appended at once (got {len(events)})", field="events"
+        )
+    expected = validate_expected_version(expected_version)
+    prepared = tuple(prepare_event(e, i, sid) for i, e in enumerate(events))
+    seen: set[uuid.UUID] = set()
+    for i, p in enumerate(prepared):
+        if p.event_id in seen:
+            raise ValidationError(f"events[{i}].event_id is repeated in one append", field=f"events[{i}].event_id")
+        seen.add(p.event_id)
+    return AppendRequest(stream_id=sid, events=prepared, expected_version=expected)
+
+
+def envelope_from_prepared(
+    p: PreparedEvent, stream_id: StreamId, version: int, sequence: int, stored_at: datetime
+) -> EventEnvelope:
+    return EventEnvelope(
+        event_type=p.event_type,
+        payload=p.payload,
+        metadata=p.metadata,
+        stream_id=stream_id,
+        event_id=p.event_id,
+        occurred_at=p.occurred_at,
+        version=version,
+        sequence=sequence,
+        stored_at=stored_at,
+    )
+
+
+def same_content(stored: EventEnvelope, p: PreparedEvent) -> bool:
+    """Whether a stored event is the one ``p`` describes (for idempotent retries)."""
+    return stored.event_type == p.event_type and json.loads(p.payload_json) == stored.payload
+
+
+__all__ = [
+    "NO_STREAM",
+    "AppendRequest",
+    "AppendResult",
+    "EventEnvelope",
+    "EventVersion",
+    "PreparedEvent",
+    "Snapshot",
+    "StreamId",
+    "StreamPage",
+    "envelope_from_prepared",
+    "prepare_append",
+]

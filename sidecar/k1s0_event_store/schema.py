@@ -1,0 +1,225 @@
+"""The event tables, their migrations and their privileges: one module for operator and sidecar.
+
+Identifiers cannot be bound as query parameters, so every schema or role name that reaches SQL is
+first validated against a strict pattern (lower-case PostgreSQL identifiers, at most 63 bytes) and
+then double-quoted. Passwords and other values go through the server's own ``format('%L')`` or
+bound parameters; nothing user-supplied is pasted into SQL unchecked.
+
+Global order (why appends take a lock)
+--------------------------------------
+``events.sequence`` is an identity column, and ``nextval`` is handed out at INSERT time, not at
+COMMIT. Two concurrent transactions can therefore commit in the opposite order of their sequences:
+T1 takes 10, T2 takes 11, T2 commits, a reader sees 11 and moves its cursor past 10, then T1
+commits 10 and the reader never sees it. Marten, SQLStreamStore, Eventuous and Axon's JPA store
+all shipped this bug.
+
+We make sequence order equal commit order: every append transaction takes a transaction-scoped
+advisory lock private to its schema (``pg_advisory_xact_lock``) *before* it inserts, and holds it
+until it commits. PostgreSQL makes a committing transaction visible (ProcArrayEndTransaction)
+before it releases its locks, so the next appender draws its sequences only after every lower
+sequence is either visible or rolled back. A reader asking for ``sequence > last_seen`` can meet
+gaps (rolled-back or deleted events) but never a gap that fills later.
+
+The cost: appends in one schema commit one after another, one WAL flush each. The sidecar's group
+commit amortises that by coalescing concurrent appends into one transaction (one lock, one flush
+for many requests); ``docs/design.md`` has the figures. Reads never take the lock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_RESERVED_PREFIXES = ("pg_",)
+_RESERVED = frozenset({"public", "information_schema"})
+
+#: Advisory-lock namespaces (the first key of the two-key form). "k1s0" and "k1s1" in ASCII.
+APPEND_LOCK_NAMESPACE = 0x6B317330
+MIGRATE_LOCK_NAMESPACE = 0x6B317331
+
+
+def validate_identifier(name: object, what: str = "identifier") -> str:
+    """A safe, lower-case PostgreSQL identifier, or ValueError naming what was wrong."""
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(
+            f"{what} {name!r} is not a valid PostgreSQL identifier: use 1-63 characters of a-z, 0-9 and _, "
+            "not starting with a digit"
+        )
+    if name in _RESERVED or name.startswith(_RESERVED_PREFIXES):
+        raise ValueError(f"{what} {name!r} is reserved by PostgreSQL")
+    return name
+
+
+def quote_ident(name: str, what: str = "identifier") -> str:
+    """Validate, then double-quote (the pattern already excludes quotes; quoting keeps keywords safe)."""
+    return '"' + validate_identifier(name, what).replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+    def render(self, schema: str) -> str:
+        return self.sql.replace("{s}", quote_ident(schema, "schema"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "event streams, append-only events, snapshots, stream deletion",
+        """
+CREATE TABLE {s}.event_streams (
+    id              TEXT        NOT NULL PRIMARY KEY,
+    aggregate_type  TEXT        NOT NULL,
+    current_version BIGINT      NOT NULL DEFAULT 0,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+
+-- The seed's events table, plus event_id for idempotent retries. The seed's extra index on
+-- (stream_id, version) is left out: the UNIQUE constraint already creates exactly that index.
+CREATE TABLE {s}.events (
+    sequence        BIGINT      NOT NULL GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        UUID        NOT NULL UNIQUE,
+    stream_id       TEXT        NOT NULL REFERENCES {s}.event_streams(id),
+    version         BIGINT      NOT NULL CHECK (version >= 1),
+    event_type      TEXT        NOT NULL,
+    payload         JSONB       NOT NULL,
+    metadata        JSONB       NOT NULL DEFAULT '{}',
+    occurred_at     TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    stored_at       TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    UNIQUE (stream_id, version)
+);
+
+CREATE TABLE {s}.snapshots (
+    id                TEXT        NOT NULL PRIMARY KEY,
+    stream_id         TEXT        NOT NULL REFERENCES {s}.event_streams(id),
+    snapshot_version  BIGINT      NOT NULL,
+    aggregate_type    TEXT        NOT NULL,
+    state             JSONB       NOT NULL,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+
+CREATE INDEX idx_snapshots_stream_id ON {s}.snapshots (stream_id, snapshot_version DESC);
+
+-- Append-only in the database itself, whoever connects: UPDATE and TRUNCATE always fail, DELETE
+-- fails unless it runs inside delete_stream() below (which sets a transaction-local flag). The
+-- application role additionally has no UPDATE/DELETE privilege on the table at all.
+CREATE FUNCTION {s}.forbid_event_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('k1s0.stream_delete', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'events are append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'delete a whole stream with delete_stream(stream_id)';
+END;
+$$;
+
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON {s}.events
+    FOR EACH ROW EXECUTE FUNCTION {s}.forbid_event_changes();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {s}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.forbid_event_changes();
+
+-- The one way to remove events: a whole stream with its snapshots. SECURITY DEFINER so that the
+-- application role needs only EXECUTE on it, never DELETE on the events table. Returns the
+-- number of events removed, or NULL when the stream does not exist.
+CREATE FUNCTION {s}.delete_stream(p_stream_id TEXT) RETURNS BIGINT
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    removed BIGINT;
+BEGIN
+    PERFORM 1 FROM {s}.event_streams WHERE id = p_stream_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('k1s0.stream_delete', 'on', true);
+    DELETE FROM {s}.events WHERE stream_id = p_stream_id;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    PERFORM set_config('k1s0.stream_delete', 'off', true);
+    DELETE FROM {s}.snapshots WHERE stream_id = p_stream_id;
+    DELETE FROM {s}.event_streams WHERE id = p_stream_id;
+    RETURN removed;
+END;
+$$;
+REVOKE ALL ON FUNCTION {s}.delete_stream(TEXT) FROM PUBLIC;
+""",
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+async def migrate(conn: Any, schema: str) -> list[int]:
+    """Create the schema if needed and apply every migration it lacks; return those applied.
+
+    Idempotent and safe to run from several processes at once: a transaction-scoped advisory lock
+    keyed on the schema name serialises concurrent runs, and each migration is recorded in
+    ``schema_migrations`` in the same transaction that applies it.
+    """
+    q = quote_ident(schema, "schema")
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", MIGRATE_LOCK_NAMESPACE, schema
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {q}.schema_migrations ("
+            " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())"
+        )
+        done = {r[0] for r in await conn.fetch(f"SELECT version FROM {q}.schema_migrations")}
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            await conn.execute(m.render(schema))
+            await conn.execute(
+                f"INSERT INTO {q}.schema_migrations (version, description) VALUES ($1, $2)",
+                m.version,
+                m.description,
+            )
+            applied.append(m.version)
+    return applied
+
+
+async def applied_version(conn: Any, schema: str) -> int:
+    """The highest applied migration (0: schema or migrations table missing)."""
+    exists = await conn.fetchval(
+        "SELECT to_regclass(format('%I.schema_migrations', $1::text)) IS NOT NULL", schema
+    )
+    if not exists:
+        return 0
+    q = quote_ident(schema, "schema")
+    return int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {q}.schema_migrations"))
+
+
+def app_role_grants(schema: str, role: str) -> list[str]:
+    """What the sidecar's role needs, and nothing more (no UPDATE/DELETE on events)."""
+    s = quote_ident(schema, "schema")
+    r = quote_ident(role, "role")
+    return [
+        f"GRANT USAGE ON SCHEMA {s} TO {r}",
+        f"GRANT SELECT, INSERT ON {s}.events TO {r}",
+        f"GRANT SELECT, INSERT, UPDATE ON {s}.event_streams TO {r}",
+        f"GRANT SELECT, INSERT, DELETE ON {s}.snapshots TO {r}",
+        f"GRANT SELECT ON {s}.schema_migrations TO {r}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+        f"GRANT EXECUTE ON FUNCTION {s}.delete_stream(TEXT) TO {r}",
+    ]
+
+
+async def drop_schema(conn: Any, schema: str) -> None:
+    """Drop the schema and everything in it (the operator's ``deletionPolicy: Delete``)."""
+    await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema, 'schema')} CASCADE")
+
+
+def append_lock_key(schema_oid: int) -> int:
+    """The 64-bit advisory-lock key private to one schema (namespace << 32 | the schema's OID)."""
+    return (APPEND_LOCK_NAMESPACE << 32) | (schema_oid & 0xFFFFFFFF)
+

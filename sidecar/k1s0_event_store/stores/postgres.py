@@ -1,0 +1,396 @@
+"""PostgreSQL stores on asyncpg (pooled).
+
+Every append runs the shared decision (``_batch.plan``) under the schema's append lock; see
+``_schema`` for why that lock makes sequence order equal commit order. Reads never lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .._api import EventStore, SnapshotStore
+from .._batch import Replay, ReplayOf, Write, plan
+from .._config import EventStoreConfig
+from .._errors import (
+    EventNotFoundError,
+    EventStoreError,
+    StreamNotFoundError,
+    UnavailableError,
+    ValidationError,
+)
+from .._model import (
+    AppendRequest,
+    AppendResult,
+    EventEnvelope,
+    Snapshot,
+    StreamId,
+    StreamPage,
+    encode_json,
+    envelope_from_prepared,
+    validate_name,
+    validate_version_bound,
+)
+from ..schema import append_lock_key, quote_ident
+from .memory import new_snapshot_id
+
+_EVENT_COLUMNS = "sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
+_CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
+                      asyncpg.exceptions.TooManyConnectionsError, asyncio.TimeoutError)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Decode jsonb to Python values on the way out; writes pass JSON text and cast in SQL.
+    await conn.set_type_codec("jsonb", encoder=lambda v: v, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(config: EventStoreConfig) -> asyncpg.Pool:
+    """A pool configured the way the stores expect (jsonb decoded, timeouts from the config)."""
+    try:
+        pool = await asyncpg.create_pool(
+            config.dsn,
+            min_size=config.min_connections,
+            max_size=config.max_connections,
+            timeout=config.connect_timeout_seconds,
+            init=_init_connection,
+        )
+    except _CONNECTION_ERRORS as exc:
+        raise UnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+class _PoolOwner:
+    """Lazily creates (or borrows) a pool, so ``PostgresEventStore(config)`` needs no await."""
+
+    def __init__(self, config: EventStoreConfig, pool: asyncpg.Pool | None) -> None:
+        self.config = config
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._pool_lock = asyncio.Lock()
+        self._s = quote_ident(config.schema, "schema")
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await create_pool(self.config)
+        return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self.pool()
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except _CONNECTION_ERRORS as exc:
+            raise UnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None and self._owns_pool:
+            await self._pool.close()
+        self._pool = None
+
+
+def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelope:
+    name = row["stream_id"]
+    sid = streams.get(name)
+    if sid is None:
+        sid = streams[name] = StreamId.parse(name)
+    return EventEnvelope(
+        event_type=row["event_type"],
+        payload=row["payload"],
+        metadata=row["metadata"],
+        stream_id=sid,
+        event_id=row["event_id"],
+        occurred_at=row["occurred_at"],
+        version=row["version"],
+        sequence=row["sequence"],
+        stored_at=row["stored_at"],
+    )
+
+
+class PostgresEventStore(_PoolOwner, EventStore):
+    """The event store on PostgreSQL. ``pool`` lets several stores share one asyncpg pool."""
+
+    def __init__(self, config: EventStoreConfig, *, pool: asyncpg.Pool | None = None) -> None:
+        super().__init__(config, pool)
+        self.max_events_per_append = config.max_events_per_append
+        self._lock_key: int | None = None
+        s = self._s
+        self._sql_versions = f"SELECT id, current_version FROM {s}.event_streams WHERE id = ANY($1::text[])"
+        self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1::uuid[])"
+        self._sql_upsert_streams = (
+            f"INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
+            " ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW()"
+        )
+        self._sql_insert_events = (
+            f"INSERT INTO {s}.events (event_id, stream_id, version, event_type, payload, metadata, occurred_at)"
+            " SELECT e, sid, v, t, p::jsonb, m::jsonb, o FROM unnest("
+            "$1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])"
+            " AS u(e, sid, v, t, p, m, o)"
+            " RETURNING event_id, sequence, stored_at"
+        )
+
+    async def _append_lock_key(self, conn: asyncpg.Connection) -> int:
+        if self._lock_key is None:
+            oid = await conn.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", self.config.schema)
+            if oid is None:
+                raise UnavailableError(
+                    f"schema {self.config.schema} does not exist: run `k1s0-eventstore migrate` (or let the "
+                    "operator provision the EventStream)"
+                )
+            self._lock_key = append_lock_key(int(oid))
+        return self._lock_key
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest], *, connection: asyncpg.Connection | None = None
+    ) -> list[AppendResult | EventStoreError]:
+        """Apply ``requests`` in one transaction.
+
+        With ``connection`` the append joins the caller's open transaction (a transactional outbox:
+        the caller's own rows and the events commit together). The append lock is then held until
+        the caller commits, stalling every other appender of the schema meanwhile: keep it short.
+        """
+        if not requests:
+            return []
+        if connection is not None:
+            return await self._append_in(connection, requests)
+        async with self.connection() as conn, conn.transaction():
+            return await self._append_in(conn, requests)
+
+    async def _append_in(
+        self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | EventStoreError]:
+        key = await self._append_lock_key(conn)
+        # The lock must be taken in its own statement, before the reads below: under READ
+        # COMMITTED each statement sees what had committed when it started.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+        streams = list({str(r.stream_id) for r in requests})
+        versions = {r["id"]: r["current_version"] for r in await conn.fetch(self._sql_versions, streams)}
+        given = [p.event_id for r in requests for p in r.events if p.id_given]
+        stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
+        if given:
+            cache: dict[str, StreamId] = {}
+            for row in await conn.fetch(self._sql_by_ids, given):
+                stored_by_id[row["event_id"]] = _envelope(row, cache)
+        decisions = plan(requests, versions, stored_by_id)
+
+        writes = [d for d in decisions if isinstance(d, Write)]
+        inserted: dict[uuid.UUID, tuple[int, datetime]] = {}
+        if writes:
+            final: dict[str, tuple[str, int]] = {}
+            cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+            for w in writes:
+                sid = str(w.request.stream_id)
+                final[sid] = (w.request.stream_id.aggregate_type, w.first_version + len(w.request.events) - 1)
+                for i, p in enumerate(w.request.events):
+                    for col, value in zip(
+                        cols,
+                        (p.event_id, sid, w.first_version + i, p.event_type, p.payload_json, p.metadata_json,
+                         p.occurred_at),
+                        strict=True,
+                    ):
+                        col.append(value)
+            await conn.execute(
+                self._sql_upsert_streams,
+                list(final),
+                [v[0] for v in final.values()],
+                [v[1] for v in final.values()],
+            )
+            for row in await conn.fetch(self._sql_insert_events, *cols):
+                inserted[row["event_id"]] = (row["sequence"], row["stored_at"])
+
+        results: list[AppendResult | EventStoreError] = []
+        for d in decisions:
+            if isinstance(d, Write):
+                req = d.request
+                events = [
+                    envelope_from_prepared(p, req.stream_id, d.first_version + i, *inserted[p.event_id])
+                    for i, p in enumerate(req.events)
+                ]
+                results.append(AppendResult(req.stream_id, events, d.first_version + len(events) - 1))
+            elif isinstance(d, Replay):
+                results.append(AppendResult(d.request.stream_id, d.stored, d.stored[-1].version or 0))
+            elif isinstance(d, ReplayOf):
+                results.append(results[d.index])
+            else:
+                results.append(d)
+        return results
+
+    async def load(
+        self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None
+    ) -> list[EventEnvelope]:
+        sid = StreamId.of(stream_id)
+        validate_version_bound(from_version, "from_version")
+        if to_version is not None:
+            validate_version_bound(to_version, "to_version")
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE stream_id = $1 AND version >= $2"
+                " AND ($3::bigint IS NULL OR version <= $3) ORDER BY version",
+                str(sid), from_version, to_version,
+            )
+        cache = {str(sid): sid}
+        return [_envelope(r, cache) for r in rows]
+
+    async def read_stream(
+        self,
+        stream_id: StreamId | str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> StreamPage:
+        sid = StreamId.of(stream_id)
+        validate_version_bound(from_version, "from_version")
+        validate_version_bound(offset, "offset")
+        if to_version is not None:
+            validate_version_bound(to_version, "to_version")
+        if limit is not None:
+            validate_version_bound(limit, "limit", 1)
+        async with self.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            current = await conn.fetchval(
+                f"SELECT current_version FROM {self._s}.event_streams WHERE id = $1", str(sid)
+            )
+            if not current:
+                raise StreamNotFoundError(str(sid))
+            if event_type is None:
+                # Versions are dense (1..current), so the count needs no scan.
+                high = current if to_version is None else min(to_version, current)
+                total = max(0, high - max(from_version, 1) + 1)
+            else:
+                total = await conn.fetchval(
+                    f"SELECT count(*) FROM {self._s}.events WHERE stream_id = $1 AND version >= $2"
+                    " AND ($3::bigint IS NULL OR version <= $3) AND event_type = $4",
+                    str(sid), from_version, to_version, event_type,
+                )
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE stream_id = $1 AND version >= $2"
+                " AND ($3::bigint IS NULL OR version <= $3) AND ($4::text IS NULL OR event_type = $4)"
+                " ORDER BY version OFFSET $5 LIMIT $6",
+                str(sid), from_version, to_version, event_type, offset, limit,
+            )
+        cache = {str(sid): sid}
+        return StreamPage(sid, [_envelope(r, cache) for r in rows], int(current), int(total))
+
+    async def get_event(self, stream_id: StreamId | str, sequence: int) -> EventEnvelope:
+        sid = StreamId.of(stream_id)
+        validate_version_bound(sequence, "sequence", 1)
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE sequence = $1 AND stream_id = $2",
+                sequence, str(sid),
+            )
+        if row is None:
+            raise EventNotFoundError(str(sid), sequence)
+        return _envelope(row, {str(sid): sid})
+
+    async def read_all(
+        self,
+        after_sequence: int = 0,
+        limit: int = 1000,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+    ) -> list[EventEnvelope]:
+        validate_version_bound(after_sequence, "after_sequence")
+        validate_version_bound(limit, "limit", 1)
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE sequence > $1"
+                " AND (cardinality($2::text[]) = 0 OR stream_id ^@ ANY($2::text[]))"
+                " AND (cardinality($3::text[]) = 0 OR event_type = ANY($3::text[]))"
+                " ORDER BY sequence LIMIT $4",
+                after_sequence, list(stream_prefixes), list(event_types), limit,
+            )
+        cache: dict[str, StreamId] = {}
+        return [_envelope(r, cache) for r in rows]
+
+    async def head_sequence(self) -> int:
+        async with self.connection() as conn:
+            return int(await conn.fetchval(f"SELECT coalesce(max(sequence), 0) FROM {self._s}.events"))
+
+    async def exists(self, stream_id: StreamId | str) -> bool:
+        return await self.current_version(stream_id) > 0
+
+    async def current_version(self, stream_id: StreamId | str) -> int:
+        sid = StreamId.of(stream_id)
+        async with self.connection() as conn:
+            v = await conn.fetchval(f"SELECT current_version FROM {self._s}.event_streams WHERE id = $1", str(sid))
+        return int(v or 0)
+
+    async def delete_stream(self, stream_id: StreamId | str) -> int:
+        sid = StreamId.of(stream_id)
+        async with self.connection() as conn:
+            removed = await conn.fetchval(f"SELECT {self._s}.delete_stream($1)", str(sid))
+        if removed is None:
+            raise StreamNotFoundError(str(sid))
+        return int(removed)
+
+
+class PostgresSnapshotStore(_PoolOwner, SnapshotStore):
+    """Snapshots in the same schema as the events."""
+
+    def __init__(self, config: EventStoreConfig, *, pool: asyncpg.Pool | None = None) -> None:
+        super().__init__(config, pool)
+
+    async def save(
+        self, stream_id: StreamId | str, version: int, state: Any, aggregate_type: str | None = None
+    ) -> Snapshot:
+        sid = StreamId.of(stream_id)
+        validate_version_bound(version, "snapshot_version", 1)
+        state_json = encode_json(state, "state")
+        kind = validate_name(aggregate_type or sid.aggregate_type, "aggregate_type", 255)
+        snap_id = new_snapshot_id()
+        async with self.connection() as conn:
+            # One statement: the stream's version is checked by the same snapshot that inserts.
+            row = await conn.fetchrow(
+                f"WITH s AS (SELECT current_version FROM {self._s}.event_streams WHERE id = $2),"
+                f" ins AS (INSERT INTO {self._s}.snapshots (id, stream_id, snapshot_version, aggregate_type, state)"
+                " SELECT $1, $2, $3, $4, $5::jsonb FROM s WHERE s.current_version >= $3 RETURNING created_at)"
+                " SELECT (SELECT current_version FROM s) AS current, (SELECT created_at FROM ins) AS created_at",
+                snap_id, str(sid), version, kind, state_json,
+            )
+        assert row is not None
+        if row["current"] is None:
+            raise StreamNotFoundError(str(sid))
+        if row["created_at"] is None:
+            raise ValidationError(
+                f"snapshot_version {version} is above the stream's current version {row['current']}",
+                field="snapshot_version",
+            )
+        return Snapshot(sid, version, json.loads(state_json), kind, snap_id, row["created_at"])
+
+    async def load_latest(self, stream_id: StreamId | str) -> Snapshot | None:
+        sid = StreamId.of(stream_id)
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT id, snapshot_version, aggregate_type, state, created_at FROM {self._s}.snapshots"
+                " WHERE stream_id = $1 ORDER BY snapshot_version DESC, created_at DESC LIMIT 1",
+                str(sid),
+            )
+        if row is None:
+            return None
+        return Snapshot(sid, row["snapshot_version"], row["state"], row["aggregate_type"], row["id"],
+                        row["created_at"])
+
+    async def prune(self, older_than: datetime) -> int:
+        async with self.connection() as conn:
+            status = await conn.execute(
+                f"DELETE FROM {self._s}.snapshots s WHERE s.created_at < $1 AND EXISTS ("
+                f" SELECT 1 FROM {self._s}.snapshots n WHERE n.stream_id = s.stream_id"
+                " AND (n.snapshot_version, n.created_at, n.id) > (s.snapshot_version, s.created_at, s.id))",
+                older_than,
+            )
+        return int(status.split()[-1])
