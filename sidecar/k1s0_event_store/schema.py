@@ -223,3 +223,35 @@ def append_lock_key(schema_oid: int) -> int:
     """The 64-bit advisory-lock key private to one schema (namespace << 32 | the schema's OID)."""
     return (APPEND_LOCK_NAMESPACE << 32) | (schema_oid & 0xFFFFFFFF)
 
+
+
+async def ensure_app_role(conn: Any, schema: str, role: str, password: str) -> bool:
+    """Create (or update the password of) the least-privilege login role for ``schema``.
+
+    Returns True when the role was created. The statements are built by the server's own
+    ``format()`` with ``%I``/``%L``, so the password is quoted by PostgreSQL, not by us.
+    """
+    validate_identifier(role, "role")
+    async with conn.transaction():
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        verb = "ALTER" if exists else "CREATE"
+        stmt = await conn.fetchval(
+            f"SELECT format('{verb} ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L',"
+            " $1::text, $2::text)",
+            role,
+            password,
+        )
+        await conn.execute(stmt)
+        for grant in app_role_grants(schema, role):
+            await conn.execute(grant)
+    return not exists
+
+
+async def drop_app_role(conn: Any, role: str) -> None:
+    """Drop the role (after its schema is gone or its privileges are revoked)."""
+    r = quote_ident(role, "role")
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    if exists:
+        async with conn.transaction():
+            await conn.execute(f"DROP OWNED BY {r}")
+            await conn.execute(f"DROP ROLE {r}")
