@@ -6,9 +6,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-
-from tests.conftest import create_schema, drop_schema
-
 from k1s0_event_store import (
     EventStore,
     EventStoreConfig,
@@ -18,6 +15,8 @@ from k1s0_event_store import (
     PostgresSnapshotStore,
     SnapshotStore,
 )
+
+from tests.conftest import create_schema, drop_schema
 
 STORE_KINDS = ["memory", "postgres"]
 

@@ -1,0 +1,53 @@
+# The two commands a developer needs: `make run` and `make test`. Every target that needs the
+# Python environment creates it first (a venv in .venv, installed from pyproject.toml).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test lint proto bench e2e-kind venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the sidecar locally against an embedded PostgreSQL it starts itself (REST :8080, gRPC :9090).
+run: $(STAMP)
+	$(BIN)/k1s0-eventstore serve $(ARGS)
+
+## Run the test suite (starts its own PostgreSQL and Kafka-protocol broker).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## ruff, mypy, buf lint, buf breaking against main, and the generated-code staleness check.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	cd proto && $(abspath $(BIN))/buf lint
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:proto/buf.yaml 2>/dev/null; then \
+		echo "buf breaking against main"; \
+		cd proto && $(abspath $(BIN))/buf breaking --against '../.git#branch=main,subdir=proto'; \
+	else echo "buf breaking: no main branch with proto/ to compare against; skipped"; fi
+	$(PY) proto/generate.py --check
+
+## Regenerate the Python gRPC stubs from proto/.
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+## Benchmarks against the raw PostgreSQL limit and a peer (BENCH_QUICK=1 for a short run).
+bench: $(STAMP)
+	@echo "make bench: not built yet (issue #4)"; exit 2
+
+## End-to-end on a kind cluster (needs kind and a Docker engine; skipped where absent).
+e2e-kind:
+	@echo "make e2e-kind: not built yet (issue #9)"; exit 2
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

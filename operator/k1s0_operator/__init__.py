@@ -1,0 +1,1 @@
+"""The k1s0 event-store operator (Kopf): EventStream reconciliation and sidecar injection."""

@@ -1,0 +1,96 @@
+"""The ``k1s0-eventstore`` command: one entry point, one subcommand per job.
+
+Subcommands import what they need lazily, so ``k1s0-eventstore version`` stays instant and the
+sidecar image does not need the operator's dependencies loaded to serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import k1s0_event_store
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    from k1s0_event_store.schema import LATEST_VERSION
+
+    print(f"k1s0-eventstore {k1s0_event_store.__version__} (schema migrations: {LATEST_VERSION})")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncpg
+    from k1s0_event_store.schema import LATEST_VERSION, migrate, validate_identifier
+
+    dsn = args.database_url or os.environ.get("EVENTSTORE_DATABASE_URL")
+    schema = args.schema or os.environ.get("EVENTSTORE_DATABASE_SCHEMA") or "event_store"
+    if not dsn:
+        print("error: --database-url (or EVENTSTORE_DATABASE_URL) is required", file=sys.stderr)
+        return 2
+    try:
+        validate_identifier(schema, "schema")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await migrate(conn, schema)
+        finally:
+            await conn.close()
+
+    try:
+        applied = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"error: migration failed: {exc}", file=sys.stderr)
+        return 1
+    if applied:
+        print(f"schema {schema}: applied migrations {', '.join(map(str, applied))} (now at {LATEST_VERSION})")
+    else:
+        print(f"schema {schema}: up to date (migration {LATEST_VERSION})")
+    return 0
+
+
+def _not_built(issue: int) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"k1s0-eventstore {args.command}: not built yet (issue #{issue})", file=sys.stderr)
+        return 2
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="k1s0-eventstore", description="The k1s0 event store.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("version", help="print the version and the schema migration level")
+    p.set_defaults(handler=_cmd_version)
+
+    p = sub.add_parser("migrate", help="create or upgrade the event tables in a schema")
+    p.add_argument("--database-url", help="PostgreSQL URL (default: $EVENTSTORE_DATABASE_URL)")
+    p.add_argument("--schema", help="schema name (default: $EVENTSTORE_DATABASE_SCHEMA or event_store)")
+    p.set_defaults(handler=_cmd_migrate)
+
+    p = sub.add_parser("serve", help="run the sidecar (REST :8080, gRPC :9090)")
+    p.set_defaults(handler=_not_built(3))
+
+    p = sub.add_parser("operator", help="run the Kubernetes operator and its admission webhook")
+    p.set_defaults(handler=_not_built(8))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
