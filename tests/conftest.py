@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+
 from k1s0_event_store import EventStoreConfig
 from k1s0_event_store.schema import migrate
-
 from tests.support.postgres import LocalPostgres
 
 _schema_counter = itertools.count(1)

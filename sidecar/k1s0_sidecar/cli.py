@@ -26,6 +26,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     import asyncpg
+
     from k1s0_event_store.schema import LATEST_VERSION, migrate, validate_identifier
 
     dsn = args.database_url or os.environ.get("EVENTSTORE_DATABASE_URL")

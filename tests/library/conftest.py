@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+
 from k1s0_event_store import (
     EventStore,
     EventStoreConfig,
@@ -15,7 +16,6 @@ from k1s0_event_store import (
     PostgresSnapshotStore,
     SnapshotStore,
 )
-
 from tests.conftest import create_schema, drop_schema
 
 STORE_KINDS = ["memory", "postgres"]

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from k1s0_event_store import (
     ConcurrencyError,
     EventEnvelope,

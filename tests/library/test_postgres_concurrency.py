@@ -7,6 +7,7 @@ import uuid
 
 import asyncpg
 import pytest
+
 from k1s0_event_store import (
     ConcurrencyError,
     EventEnvelope,
@@ -163,7 +164,6 @@ async def test_events_are_append_only(pg_dsn: str, config: EventStoreConfig, pg:
 
 async def test_migrate_is_idempotent_and_concurrent(pg_dsn: str) -> None:
     from k1s0_event_store.schema import LATEST_VERSION, applied_version, migrate
-
     from tests.conftest import drop_schema, new_schema_name
 
     name = new_schema_name("mig")
