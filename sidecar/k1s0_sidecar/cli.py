@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 import k1s0_event_store
@@ -59,6 +60,32 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .config import ConfigError, load_config
+    from .runtime import serve
+
+    overrides = {"database": {"migrate": True}} if args.migrate else None
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:  # pragma: no cover - the signal handler normally wins
+        pass
+    return 0
+
+
 def _not_built(issue: int) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         print(f"k1s0-eventstore {args.command}: not built yet (issue #{issue})", file=sys.stderr)
@@ -80,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_migrate)
 
     p = sub.add_parser("serve", help="run the sidecar (REST :8080, gRPC :9090)")
-    p.set_defaults(handler=_not_built(3))
+    p.add_argument("--config", help="config.yaml (seed 000 layout); EVENTSTORE_* variables override it")
+    p.add_argument("--migrate", action="store_true", help="apply schema migrations at start-up")
+    p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator and its admission webhook")
     p.set_defaults(handler=_not_built(8))

@@ -1,0 +1,323 @@
+"""The gRPC edge (grpc.aio): the same service and the same error map as REST.
+
+One interceptor authenticates, authorises (``RPC_ROLES``), times and renders errors for every
+method, unary or streaming; servicer methods only convert protobuf to calls and back.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+import grpc
+
+from k1s0_event_store import EventEnvelope, EventStoreError, Snapshot, ValidationError
+from k1s0_event_store._proto import event_store_pb2 as pb
+from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+
+from . import wire
+from .authz import Authenticator, Principal, Role, check
+from .errors import grpc_status, new_request_id
+from .metrics import Metrics
+from .service import EventStoreService
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStoreService"].full_name
+_PREFIX = f"/{SERVICE_NAME}/"
+
+#: The role each RPC needs. Every method of the service must be listed (a test enforces it).
+RPC_ROLES: dict[str, Role | None] = {
+    "AppendEvents": Role.SYS_OPERATOR,
+    "ReadEvents": Role.SYS_AUDITOR,
+    "ReadEventBySequence": Role.SYS_AUDITOR,
+    "CreateSnapshot": Role.SYS_OPERATOR,
+    "GetLatestSnapshot": Role.SYS_AUDITOR,
+    "DeleteStream": Role.SYS_ADMIN,
+    "ReadAll": Role.SYS_AUDITOR,
+    "SubscribeToStream": Role.SYS_AUDITOR,
+    "SubscribeToAll": Role.SYS_AUDITOR,
+}
+#: Services outside ours (health, reflection) are open, like /healthz.
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    return _principal.get()
+
+
+# -- conversions -------------------------------------------------------------------------------
+
+_TYPED_METADATA: tuple[Literal["actor_id", "correlation_id", "causation_id"], ...] = (
+    "actor_id", "correlation_id", "causation_id",
+)
+
+
+def metadata_to_pb(metadata: dict[str, Any]) -> pb.EventMetadata:
+    """Typed fields for the three standard string keys; everything else (nulls too) in extra_json."""
+    typed = {k: v for k, v in metadata.items() if k in _TYPED_METADATA and isinstance(v, str)}
+    extra = {k: v for k, v in metadata.items() if k not in typed}
+    return pb.EventMetadata(
+        **typed, extra_json=json.dumps(extra, ensure_ascii=False).encode() if extra else b""
+    )
+
+
+def metadata_from_pb(m: pb.EventMetadata, field: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m.extra_json:
+        extra = _json_bytes(m.extra_json, f"{field}.extra_json")
+        if not isinstance(extra, dict):
+            raise ValidationError(f"{field}.extra_json must be a JSON object", field=f"{field}.extra_json")
+        out.update(extra)
+    for key in _TYPED_METADATA:
+        if m.HasField(key):
+            out[key] = getattr(m, key)
+    return out
+
+
+def _json_bytes(raw: bytes, field: str) -> Any:
+    if not raw:
+        raise ValidationError(f"{field} is required (JSON text)", field=field)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{field} is not valid UTF-8 JSON: {exc}", field=field) from None
+
+
+def event_to_pb(e: EventEnvelope) -> pb.StoredEvent:
+    return pb.StoredEvent(
+        stream_id=e.stream,
+        sequence=e.sequence or 0,
+        event_type=e.event_type,
+        version=e.version or 0,
+        payload_json=json.dumps(e.payload, ensure_ascii=False).encode(),
+        metadata=metadata_to_pb(dict(e.metadata)),
+        occurred_at=wire.rfc3339(e.occurred_at),
+        stored_at=wire.rfc3339(e.stored_at),
+        event_id=str(e.event_id) if e.event_id else "",
+    )
+
+
+def event_from_pb(d: pb.EventData, index: int) -> EventEnvelope:
+    where = f"events[{index}]"
+    return EventEnvelope(
+        event_type=d.event_type,
+        payload=_json_bytes(d.payload_json, f"{where}.payload_json"),
+        metadata=metadata_from_pb(d.metadata, f"{where}.metadata"),
+        event_id=wire.parse_uuid(d.event_id, f"{where}.event_id") if d.event_id else None,
+        occurred_at=wire.parse_time(d.occurred_at, f"{where}.occurred_at") if d.occurred_at else None,
+    )
+
+
+def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
+    return pb.Snapshot(
+        id=s.id,
+        stream_id=str(s.stream_id),
+        snapshot_version=s.version,
+        aggregate_type=s.aggregate_type,
+        state_json=json.dumps(s.state, ensure_ascii=False).encode(),
+        created_at=wire.rfc3339(s.taken_at),
+    )
+
+
+# -- servicer ------------------------------------------------------------------------------------
+
+
+class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
+    def __init__(self, service: EventStoreService) -> None:
+        self.service = service
+        #: Set by the subscriptions module when it is enabled.
+        self.subscriptions: Any = None
+
+    async def AppendEvents(self, request: pb.AppendEventsRequest, context: Any) -> pb.AppendEventsResponse:
+        events = [event_from_pb(d, i) for i, d in enumerate(request.events)]
+        expected = request.expected_version if request.HasField("expected_version") else None
+        result = await self.service.append(request.stream_id, events, expected, current_principal())
+        return pb.AppendEventsResponse(
+            stream_id=str(result.stream_id),
+            events=[event_to_pb(e) for e in result.events],
+            current_version=result.current_version,
+        )
+
+    async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:
+        page = await self.service.read_stream(
+            request.stream_id,
+            from_version=request.from_version or None,
+            to_version=request.to_version if request.HasField("to_version") else None,
+            event_type=request.event_type if request.HasField("event_type") else None,
+            page=request.page or None,
+            page_size=request.page_size or None,
+        )
+        return pb.ReadEventsResponse(
+            stream_id=str(page.page.stream_id),
+            events=[event_to_pb(e) for e in page.page.events],
+            current_version=page.page.current_version,
+            total_count=page.page.total_count,
+            has_next=page.has_next,
+            page=page.number,
+            page_size=page.size,
+        )
+
+    async def ReadEventBySequence(
+        self, request: pb.ReadEventBySequenceRequest, context: Any
+    ) -> pb.ReadEventBySequenceResponse:
+        event = await self.service.get_event(request.stream_id, request.sequence)
+        return pb.ReadEventBySequenceResponse(event=event_to_pb(event))
+
+    async def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context: Any) -> pb.CreateSnapshotResponse:
+        state = _json_bytes(request.state_json, "state_json")
+        snap = await self.service.create_snapshot(
+            request.stream_id, request.snapshot_version, request.aggregate_type or None, state
+        )
+        return pb.CreateSnapshotResponse(
+            id=snap.id,
+            stream_id=str(snap.stream_id),
+            snapshot_version=snap.version,
+            created_at=wire.rfc3339(snap.taken_at),
+        )
+
+    async def GetLatestSnapshot(
+        self, request: pb.GetLatestSnapshotRequest, context: Any
+    ) -> pb.GetLatestSnapshotResponse:
+        snap = await self.service.latest_snapshot(request.stream_id)
+        return pb.GetLatestSnapshotResponse(snapshot=snapshot_to_pb(snap))
+
+    async def DeleteStream(self, request: pb.DeleteStreamRequest, context: Any) -> pb.DeleteStreamResponse:
+        removed = await self.service.delete_stream(request.stream_id)
+        return pb.DeleteStreamResponse(
+            success=True,
+            message=f"stream {request.stream_id} and all related data deleted",
+            deleted_events=removed,
+        )
+
+    async def ReadAll(self, request: pb.ReadAllRequest, context: Any) -> pb.ReadAllResponse:
+        events, head = await self.service.read_all(
+            request.after_sequence, request.limit or None, list(request.stream_prefixes), list(request.event_types)
+        )
+        return pb.ReadAllResponse(events=[event_to_pb(e) for e in events], head_sequence=head)
+
+    async def SubscribeToStream(  # type: ignore[override]
+        self, request: pb.SubscribeToStreamRequest, context: Any
+    ) -> AsyncIterator[pb.EventNotification]:
+        if self.subscriptions is None:
+            raise EventStoreError("subscriptions are not enabled")
+        async for event in self.subscriptions.stream(request.stream_id, request.after_version, request.from_end):
+            yield pb.EventNotification(event=event_to_pb(event))
+
+    async def SubscribeToAll(  # type: ignore[override]
+        self, request: pb.SubscribeToAllRequest, context: Any
+    ) -> AsyncIterator[pb.EventNotification]:
+        if self.subscriptions is None:
+            raise EventStoreError("subscriptions are not enabled")
+        async for event in self.subscriptions.all(
+            request.after_sequence, list(request.stream_prefixes), list(request.event_types), request.from_end
+        ):
+            yield pb.EventNotification(event=event_to_pb(event))
+
+
+# -- interceptor ---------------------------------------------------------------------------------
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return str(v)
+    return None
+
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):
+    """Auth, role check, error rendering and metrics for every RPC of our service."""
+
+    def __init__(self, authenticator: Authenticator, metrics: Metrics) -> None:
+        self.authenticator = authenticator
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method_path: str = handler_call_details.method
+        if handler is None or not method_path.startswith(_PREFIX):
+            return handler
+        method = method_path[len(_PREFIX):]
+        if method not in RPC_ROLES:  # fail closed: an RPC without a rule is refused
+            return grpc.unary_unary_rpc_method_handler(self._refuse(method))
+        required = RPC_ROLES[method]
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                started = time.perf_counter()
+                request_id = _metadata(context, "x-request-id") or new_request_id()
+                try:
+                    token = _principal.set(await self._authorize(context, required))
+                    try:
+                        response = await inner(request, context)
+                    finally:
+                        _principal.reset(token)
+                except Exception as exc:
+                    await self._abort(context, exc, request_id, method, started)
+                    raise
+                self._observe(method, "OK", started)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                request_id = _metadata(context, "x-request-id") or new_request_id()
+                try:
+                    token = _principal.set(await self._authorize(context, required))
+                    try:
+                        async for item in inner_stream(request, context):
+                            yield item
+                    finally:
+                        _principal.reset(token)
+                except Exception as exc:
+                    await self._abort(context, exc, request_id, method, started)
+                    raise
+                self._observe(method, "OK", started)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _refuse(self, method: str) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def refuse(request: Any, context: Any) -> Any:
+            from k1s0_event_store import PermissionDeniedError
+
+            await self._abort(context, PermissionDeniedError(f"no authorisation rule for {method}"),
+                              new_request_id(), method, time.perf_counter())
+
+        return refuse
+
+    async def _authorize(self, context: Any, required: Role | None) -> Principal | None:
+        if required is None:
+            return None
+        principal = await self.authenticator.authenticate(_metadata(context, "authorization"))
+        check(principal, required)
+        return principal
+
+    async def _abort(self, context: Any, exc: BaseException, request_id: str, method: str, started: float) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            return
+        status = grpc_status(exc, request_id)
+        self._observe(method, status.code.name, started)
+        await context.abort_with_status(status)
+
+    def _observe(self, method: str, code: str, started: float) -> None:
+        self.metrics.grpc_requests.labels(method, code).inc()
+        self.metrics.grpc_latency.labels(method).observe(time.perf_counter() - started)

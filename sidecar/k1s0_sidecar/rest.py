@@ -1,0 +1,269 @@
+"""The REST edge (aiohttp): parse, call the service, render. Errors go through ``errors``.
+
+Every route is declared once in ``RestApi.routes`` with the role it needs (None: open); the
+middleware authenticates and authorises before the handler runs, so a handler cannot forget to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from k1s0_event_store import UnauthenticatedError, ValidationError
+
+from . import wire
+from .authz import Authenticator, Principal, Role, check
+from .errors import RequestError, classify, error_body, http_status, new_request_id
+from .metrics import Metrics
+from .openapi import openapi_document
+from .service import EventStoreService
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    role: Role | None
+    name: str
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _query_int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer (got {raw!r})", field=name) from None
+
+
+def _path_int(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit():
+        raise ValidationError(f"{name} must be a positive integer (got {raw!r})", field=name)
+    return int(raw)
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestError(
+            "SYS_EVSTORE_PAYLOAD_TOO_LARGE", f"request body is larger than {request.client_max_size} bytes"
+        ) from None
+    if not raw:
+        raise ValidationError("request body is required (JSON)", field="body")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
+
+
+class RestApi:
+    def __init__(
+        self,
+        service: EventStoreService,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self.service = service
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.readiness = readiness
+        self.max_body_bytes = max_body_bytes
+        self.extra_routes: list[Route] = []
+        self._roles: dict[str, Role | None] = {}
+
+    @property
+    def routes(self) -> list[Route]:
+        base = "/api/v1/streams/{stream_id}"
+        return [
+            Route("POST", f"{base}/events", self.append, Role.SYS_OPERATOR, "append_events"),
+            Route("GET", f"{base}/events", self.read_events, Role.SYS_AUDITOR, "read_events"),
+            Route("GET", f"{base}/events/{{sequence}}", self.read_event, Role.SYS_AUDITOR, "read_event_by_sequence"),
+            Route("POST", f"{base}/snapshots", self.create_snapshot, Role.SYS_OPERATOR, "create_snapshot"),
+            Route("GET", f"{base}/snapshots/latest", self.latest_snapshot, Role.SYS_AUDITOR, "get_latest_snapshot"),
+            Route("DELETE", base, self.delete_stream, Role.SYS_ADMIN, "delete_stream"),
+            Route("GET", "/api/v1/events", self.read_all, Role.SYS_AUDITOR, "read_all"),
+            Route("GET", "/healthz", self.live, None, "healthz"),
+            Route("GET", "/readyz", self.ready, None, "readyz"),
+            Route("GET", "/health/live", self.live, None, "health_live"),
+            Route("GET", "/health/ready", self.ready, None, "health_ready"),
+            Route("GET", "/metrics", self.metrics_endpoint, None, "metrics"),
+            Route("GET", "/openapi.json", self.openapi, None, "openapi"),
+            *self.extra_routes,
+        ]
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._middleware])
+        for r in self.routes:
+            resource = app.router.add_resource(r.path, name=None)
+            resource.add_route(r.method, r.handler)
+            self._roles[f"{r.method} {r.path}"] = r.role
+        return app
+
+    # -- middleware: request id, auth, errors, metrics --------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        supplied = request.headers.get("X-Request-Id", "")
+        request_id = supplied if _REQUEST_ID.match(supplied) else new_request_id()
+        request[REQUEST_ID_KEY] = request_id
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        try:
+            key = f"{request.method} {route}"
+            if key in self._roles:
+                required = self._roles[key]
+                if required is not None:
+                    principal = await self.authenticator.authenticate(request.headers.get("Authorization"))
+                    check(principal, required)
+                    request[PRINCIPAL_KEY] = principal
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = self._http_exception(exc, request_id)
+        except Exception as exc:
+            response = self._error(exc, request_id)
+        response.headers["X-Request-Id"] = request_id
+        self.metrics.http_requests.labels(route, request.method, str(response.status)).inc()
+        self.metrics.http_latency.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
+    def _error(self, exc: BaseException, request_id: str) -> web.Response:
+        code, message, details = classify(exc)
+        response = _json(error_body(code, message, details, request_id), http_status(code))
+        if isinstance(exc, UnauthenticatedError):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="k1s0-eventstore"'
+        return response
+
+    def _http_exception(self, exc: web.HTTPException, request_id: str) -> web.Response:
+        if exc.status == 404:
+            err = RequestError("SYS_EVSTORE_ROUTE_NOT_FOUND", "no such route")
+        elif exc.status == 405:
+            err = RequestError("SYS_EVSTORE_METHOD_NOT_ALLOWED", "method not allowed on this route")
+        elif exc.status == 413:
+            err = RequestError(
+                "SYS_EVSTORE_PAYLOAD_TOO_LARGE", f"request body is larger than {self.max_body_bytes} bytes"
+            )
+        elif exc.status < 500:
+            err = RequestError("SYS_EVSTORE_VALIDATION_ERROR", exc.reason or "bad request")
+        else:
+            return self._error(exc, request_id)
+        return self._error(err, request_id)
+
+    # -- event-store routes ------------------------------------------------------------------
+
+    async def append(self, request: web.Request) -> web.Response:
+        events, expected = wire.parse_append(await _body(request))
+        result = await self.service.append(
+            request.match_info["stream_id"], events, expected, request.get(PRINCIPAL_KEY)
+        )
+        return _json(
+            {
+                "stream_id": str(result.stream_id),
+                "events": [wire.event_json(e) for e in result.events],
+                "current_version": result.current_version,
+            },
+            201,
+        )
+
+    async def read_events(self, request: web.Request) -> web.Response:
+        page = await self.service.read_stream(
+            request.match_info["stream_id"],
+            from_version=_query_int(request, "from_version"),
+            to_version=_query_int(request, "to_version"),
+            event_type=request.query.get("event_type"),
+            page=_query_int(request, "page"),
+            page_size=_query_int(request, "page_size"),
+        )
+        return _json(
+            {
+                "stream_id": str(page.page.stream_id),
+                "events": [wire.event_json(e) for e in page.page.events],
+                "current_version": page.page.current_version,
+                "pagination": {
+                    "total_count": page.page.total_count,
+                    "page": page.number,
+                    "page_size": page.size,
+                    "has_next": page.has_next,
+                },
+            }
+        )
+
+    async def read_event(self, request: web.Request) -> web.Response:
+        event = await self.service.get_event(request.match_info["stream_id"], _path_int(request, "sequence"))
+        return _json(wire.event_json(event))
+
+    async def read_all(self, request: web.Request) -> web.Response:
+        events, head = await self.service.read_all(
+            _query_int(request, "after_sequence") or 0,
+            _query_int(request, "limit"),
+            request.query.getall("stream_prefix", []),
+            request.query.getall("event_type", []),
+        )
+        return _json({"events": [wire.event_json(e) for e in events], "head_sequence": head})
+
+    async def create_snapshot(self, request: web.Request) -> web.Response:
+        version, kind, state = wire.parse_snapshot(await _body(request))
+        snap = await self.service.create_snapshot(request.match_info["stream_id"], version, kind, state)
+        return _json(wire.snapshot_json(snap, with_state=False), 201)
+
+    async def latest_snapshot(self, request: web.Request) -> web.Response:
+        snap = await self.service.latest_snapshot(request.match_info["stream_id"])
+        return _json(wire.snapshot_json(snap, with_state=True))
+
+    async def delete_stream(self, request: web.Request) -> web.Response:
+        stream_id = request.match_info["stream_id"]
+        removed = await self.service.delete_stream(stream_id)
+        return _json(
+            {
+                "success": True,
+                "message": f"stream {stream_id} and all related data deleted",
+                "deleted_events": removed,
+            }
+        )
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ok, details = await self.readiness()
+        return _json({"status": "ready" if ok else "not_ready", **details}, 200 if ok else 503)
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.metrics.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(openapi_document())

@@ -1,0 +1,283 @@
+"""Start-up and shutdown in one place: pool, stores, group commit, REST, gRPC, background parts.
+
+Order matters and is kept here only. Start: database (embedded if no URL), migrations if asked,
+pool, stores, group commit, background components, then the listeners. Stop (SIGTERM): become
+not-ready, stop accepting, let in-flight requests finish (up to the grace period), drain the
+group-commit queue so every acknowledged append is committed, stop components, close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnapshotStore, create_pool
+from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.schema import migrate
+
+from .authz import Authenticator, NoAuthenticator
+from .config import Config
+from .group_commit import GroupCommitter
+from .grpc_api import SERVICE_NAME, EdgeInterceptor, EventStoreServicer
+from .metrics import Metrics
+from .rest import RestApi
+from .service import EventStoreService
+
+log = logging.getLogger("k1s0_sidecar")
+
+
+class Component(Protocol):
+    """A background part (forwarder, subscription reader, maintenance) the runtime starts and stops."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def make_authenticator(config: Config) -> Authenticator:
+    if config.auth.mode == "none":
+        return NoAuthenticator()
+    # The JWT verifier (issue #7) is imported only when used, so auth.mode none needs none of it.
+    auth = importlib.import_module("k1s0_sidecar.auth")
+    factory: Any = auth.make_authenticator
+    result: Authenticator = factory(config.auth)
+    return result
+
+
+class EmbeddedPostgres:
+    """A local PostgreSQL for development (``serve`` with no database URL), via PyPI's pgserver."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+
+    def start(self) -> str:
+        try:
+            pgserver: Any = importlib.import_module("pgserver")
+        except ImportError as exc:  # pragma: no cover - the dev extra installs it
+            raise RuntimeError(
+                "no database.url given and the embedded PostgreSQL is not installed: "
+                "pip install 'k1s0-eventstore[embedded]' or set EVENTSTORE_DATABASE_URL"
+            ) from exc
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+@dataclass
+class Maintenance:
+    """Snapshot retention (seed 001: 30 days, newest kept) and the streams gauge."""
+
+    runtime: Sidecar
+    interval_seconds: float = 60.0
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="maintenance")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        rt = self.runtime
+        last_prune = 0.0
+        while True:
+            try:
+                async with rt.pool.acquire() as conn:
+                    count = await conn.fetchval(f'SELECT count(*) FROM "{rt.config.database.schema}".event_streams')
+                rt.metrics.streams.set(count)
+                days = rt.config.event_store.snapshot_retention_days
+                if days and time.monotonic() - last_prune > 3600:
+                    removed = await rt.snapshots.prune(datetime.now(UTC) - timedelta(days=days))
+                    last_prune = time.monotonic()
+                    if removed:
+                        log.info("pruned %d snapshots older than %d days", removed, days)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("maintenance skipped: %s", exc)
+            await asyncio.sleep(self.interval_seconds)
+
+
+class Sidecar:
+    """One sidecar process's worth of parts."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.components: list[Component] = []
+        self.ready = False
+        self.rest_port = 0
+        self.grpc_port = 0
+        self._embedded: EmbeddedPostgres | None = None
+        self._runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
+        self.pool: asyncpg.Pool
+        self.store: PostgresEventStore
+        self.snapshots: PostgresSnapshotStore
+        self.committer: GroupCommitter
+        self.service: EventStoreService
+        self.authenticator: Authenticator
+
+    async def start(self) -> None:
+        cfg = self.config
+        dsn = cfg.database.url
+        run_migrations = cfg.database.migrate
+        if not dsn:
+            data_dir = Path(os.path.abspath(cfg.database.embedded_data_dir or ".data/postgres"))
+            self._embedded = EmbeddedPostgres(data_dir)
+            dsn = await asyncio.to_thread(self._embedded.start)
+            run_migrations = True
+            log.warning("no database.url: using an embedded PostgreSQL with its data in %s (development only)",
+                        data_dir)
+        store_config = EventStoreConfig(
+            dsn=dsn,
+            schema=cfg.database.schema,
+            snapshot_interval=cfg.event_store.snapshot_interval,
+            min_connections=cfg.database.min_connections,
+            max_connections=cfg.database.max_connections,
+            connect_timeout_seconds=cfg.database.connect_timeout_seconds,
+            max_events_per_append=cfg.event_store.max_events_per_append,
+        )
+        if run_migrations:
+            conn = await asyncpg.connect(dsn, timeout=cfg.database.connect_timeout_seconds)
+            try:
+                applied = await migrate(conn, cfg.database.schema)
+            finally:
+                await conn.close()
+            if applied:
+                log.info("schema %s: applied migrations %s", cfg.database.schema, applied)
+        self.dsn = dsn
+        self.pool = await create_pool(store_config)
+        self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
+        self.store = PostgresEventStore(store_config, pool=self.pool)
+        self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
+        self.committer = GroupCommitter(
+            self.store.append_batch,
+            max_batch=cfg.event_store.group_commit_max_batch,
+            linger_seconds=cfg.event_store.group_commit_linger_ms / 1000,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.committer.start()
+        self.service = EventStoreService(self.store, self.snapshots, cfg.event_store, self.metrics, self.committer)
+        self.authenticator = make_authenticator(cfg)
+        self.rest = RestApi(
+            self.service, self.authenticator, self.metrics, self.readiness, max_body_bytes=cfg.server.max_body_bytes
+        )
+        self.servicer = EventStoreServicer(self.service)
+        self.components.append(Maintenance(self))
+        self._extend()
+        for component in self.components:
+            await component.start()
+        await self._start_rest()
+        await self._start_grpc()
+        self.ready = True
+        log.info("serving REST on %s:%d and gRPC on %s:%d (schema %s, auth %s)", cfg.server.host, self.rest_port,
+                 cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
+
+    def _extend(self) -> None:
+        """Hook for optional parts (subscriptions, forwarder) to add routes and components."""
+
+    async def _start_rest(self) -> None:
+        self._runner = web.AppRunner(
+            self.rest.application(), shutdown_timeout=self.config.server.shutdown_grace_seconds, access_log=None
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+        await site.start()
+        server: Any = site._server
+        self.rest_port = int(server.sockets[0].getsockname()[1])
+
+    async def _start_grpc(self) -> None:
+        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.authenticator, self.metrics)])
+        pb_grpc.add_EventStoreServiceServicer_to_server(self.servicer, server)
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.grpc_port = server.add_insecure_port(f"{self.config.server.host}:{self.config.server.grpc_port}")
+        await server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._grpc = server
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        ok = self.ready
+        if not self.ready:
+            checks["lifecycle"] = "shutting down"
+        try:
+            async with asyncio.timeout(2):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+            ok = False
+        details: dict[str, Any] = {"checks": checks, "auth_mode": self.config.auth.mode}
+        if self.config.auth.mode == "none":
+            details["warnings"] = ["authentication is disabled (auth.mode: none): development only"]
+        return ok, details
+
+    async def stop(self) -> None:
+        self.ready = False
+        grace = self.config.server.shutdown_grace_seconds
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        stops = []
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace))
+        if self._runner is not None:
+            stops.append(self._runner.cleanup())
+        await asyncio.gather(*stops, return_exceptions=True)
+        await self.committer.close()
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
+        await self.authenticator.close()
+        await self.pool.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sidecar = Sidecar(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sidecar.start()
+    await stop.wait()
+    log.info("shutting down: finishing in-flight requests")
+    await sidecar.stop()
+    log.info("stopped")

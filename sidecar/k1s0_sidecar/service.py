@@ -1,0 +1,185 @@
+"""The application service: the one place REST and gRPC call.
+
+It owns request semantics shared by both protocols (defaults, paging limits, the per-append event
+limit, audit metadata) and nothing of either wire format. Handlers parse, call one method here,
+and render; errors are library exceptions, rendered by ``errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from k1s0_event_store import (
+    AppendResult,
+    EventEnvelope,
+    EventStore,
+    Snapshot,
+    SnapshotNotFoundError,
+    SnapshotStore,
+    StreamId,
+    StreamPage,
+    ValidationError,
+    prepare_append,
+)
+
+from .authz import Principal
+from .config import EventStoreSection
+from .group_commit import GroupCommitter
+from .metrics import Metrics
+
+#: Metadata key that always records who appended, whatever the client wrote elsewhere.
+AUTHENTICATED_SUBJECT_KEY = "authenticated_subject"
+READ_ALL_MAX = 1000
+READ_ALL_DEFAULT = 500
+
+
+@dataclass(frozen=True)
+class ReadPage:
+    page: StreamPage
+    number: int
+    size: int
+
+    @property
+    def has_next(self) -> bool:
+        return (self.number - 1) * self.size + len(self.page.events) < self.page.total_count
+
+
+def _int_at_least(value: object, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{field} must be an integer", field=field)
+    if value < minimum:
+        raise ValidationError(f"{field} must be >= {minimum}", field=field)
+    return value
+
+
+class EventStoreService:
+    def __init__(
+        self,
+        store: EventStore,
+        snapshots: SnapshotStore,
+        settings: EventStoreSection,
+        metrics: Metrics,
+        committer: GroupCommitter | None = None,
+    ) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.settings = settings
+        self.metrics = metrics
+        self.committer = committer
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[EventEnvelope],
+        expected_version: int | None,
+        principal: Principal | None = None,
+    ) -> AppendResult:
+        if principal is not None and not principal.anonymous:
+            events = [_audited(e, principal.subject) for e in events]
+        request = prepare_append(
+            stream_id, events, expected_version, max_events=self.settings.max_events_per_append
+        )
+        started = time.perf_counter()
+        try:
+            if self.committer is not None:
+                result = await self.committer.submit(request)
+            else:
+                (outcome,) = await self.store.append_batch([request])
+                if isinstance(outcome, Exception):
+                    raise outcome
+                result = outcome
+        except Exception as exc:
+            if getattr(exc, "code", "") == "SYS_EVSTORE_VERSION_CONFLICT":
+                self.metrics.append_conflicts.inc()
+            raise
+        self.metrics.append_latency.observe(time.perf_counter() - started)
+        self.metrics.events_appended.inc(len(result.events))
+        if result.events and result.events[0].version == 1 and result.events[0].event_id == request.events[0].event_id:
+            self.metrics.streams_created.inc()
+        return result
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int | None = None,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> ReadPage:
+        sid = StreamId.parse(stream_id)
+        first = 1 if from_version is None else _int_at_least(from_version, "from_version", 0)
+        last = None if to_version is None else _int_at_least(to_version, "to_version", 0)
+        if last is not None and last < first:
+            raise ValidationError("to_version must be >= from_version", field="to_version")
+        number = 1 if page is None else _int_at_least(page, "page", 1)
+        size = self.settings.default_page_size if page_size is None else _int_at_least(page_size, "page_size", 1)
+        if size > self.settings.max_page_size:
+            raise ValidationError(
+                f"page_size must be at most {self.settings.max_page_size} (got {size})", field="page_size"
+            )
+        if event_type is not None and not event_type:
+            raise ValidationError("event_type must not be empty", field="event_type")
+        result = await self.store.read_stream(
+            sid, from_version=first, to_version=last, event_type=event_type, offset=(number - 1) * size, limit=size
+        )
+        self.metrics.reads.labels("stream").inc()
+        return ReadPage(result, number, size)
+
+    async def get_event(self, stream_id: str, sequence: int) -> EventEnvelope:
+        _int_at_least(sequence, "sequence", 1)
+        event = await self.store.get_event(StreamId.parse(stream_id), sequence)
+        self.metrics.reads.labels("event").inc()
+        return event
+
+    async def read_all(
+        self,
+        after_sequence: int = 0,
+        limit: int | None = None,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+    ) -> tuple[list[EventEnvelope], int]:
+        _int_at_least(after_sequence, "after_sequence", 0)
+        count = READ_ALL_DEFAULT if not limit else _int_at_least(limit, "limit", 1)
+        if count > READ_ALL_MAX:
+            raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
+        head = await self.store.head_sequence()
+        events = await self.store.read_all(
+            after_sequence, count, stream_prefixes=list(stream_prefixes), event_types=list(event_types)
+        )
+        self.metrics.reads.labels("all").inc()
+        return events, head
+
+    async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
+        _int_at_least(version, "snapshot_version", 1)
+        snap = await self.snapshots.save(StreamId.parse(stream_id), version, state, aggregate_type or None)
+        self.metrics.snapshots_created.inc()
+        return snap
+
+    async def latest_snapshot(self, stream_id: str) -> Snapshot:
+        sid = StreamId.parse(stream_id)
+        snap = await self.snapshots.load_latest(sid)
+        self.metrics.reads.labels("snapshot").inc()
+        if snap is None:
+            raise SnapshotNotFoundError(str(sid))
+        return snap
+
+    async def delete_stream(self, stream_id: str) -> int:
+        removed = await self.store.delete_stream(StreamId.parse(stream_id))
+        self.metrics.streams_deleted.inc()
+        return removed
+
+
+def _audited(event: EventEnvelope, subject: str) -> EventEnvelope:
+    """Seed 001's audit rule: the actor defaults to the token's subject, which is always recorded."""
+    metadata = dict(event.metadata) if isinstance(event.metadata, dict) else event.metadata
+    if not isinstance(metadata, dict):
+        return event  # not an object: prepare_append rejects it with a clear message
+    if metadata.get("actor_id") is None:
+        metadata["actor_id"] = subject
+    metadata[AUTHENTICATED_SUBJECT_KEY] = subject
+    return replace(event, metadata=metadata)
