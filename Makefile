@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## Run the sidecar locally against an embedded PostgreSQL it starts itself (REST :8080, gRPC :9090).
+# auth.mode none is development only; the sidecar logs a loud warning and reports it on /readyz.
 run: $(STAMP)
-	$(BIN)/k1s0-eventstore serve $(ARGS)
+	EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} $(BIN)/k1s0-eventstore serve $(ARGS)
 
 ## Run the test suite (starts its own PostgreSQL and Kafka-protocol broker).
 test: $(STAMP)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -74,6 +73,7 @@ class EmbeddedPostgres:
                 "no database.url given and the embedded PostgreSQL is not installed: "
                 "pip install 'k1s0-eventstore[embedded]' or set EVENTSTORE_DATABASE_URL"
             ) from exc
+        self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         uri: str = self._server.get_uri()
@@ -149,12 +149,11 @@ class Sidecar:
         dsn = cfg.database.url
         run_migrations = cfg.database.migrate
         if not dsn:
-            data_dir = Path(os.path.abspath(cfg.database.embedded_data_dir or ".data/postgres"))
-            self._embedded = EmbeddedPostgres(data_dir)
+            self._embedded = EmbeddedPostgres(Path(cfg.database.embedded_data_dir or ".data/postgres"))
             dsn = await asyncio.to_thread(self._embedded.start)
             run_migrations = True
             log.warning("no database.url: using an embedded PostgreSQL with its data in %s (development only)",
-                        data_dir)
+                        self._embedded.data_dir)
         store_config = EventStoreConfig(
             dsn=dsn,
             schema=cfg.database.schema,
