@@ -22,6 +22,8 @@ EventVersion = NewType("EventVersion", int)
 #: ``expected_version=-1``: the stream must not exist yet.
 NO_STREAM = -1
 
+#: Versions and sequences are BIGINT in PostgreSQL; larger inputs are refused, not overflowed.
+MAX_INT64 = 2**63 - 1
 MAX_STREAM_ID_LENGTH = 255
 MAX_EVENT_TYPE_LENGTH = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -158,6 +160,13 @@ def validate_name(value: object, field_name: str, max_length: int) -> str:
     return value
 
 
+def validate_filters(values: Sequence[str], field_name: str, max_length: int = MAX_STREAM_ID_LENGTH) -> list[str]:
+    """Read filters (stream prefixes, event types): the same rules as the names they match."""
+    if isinstance(values, str):
+        raise ValidationError(f"{field_name} must be a list of strings", field=field_name)
+    return [validate_name(v, field_name, max_length) for v in values]
+
+
 def encode_json(value: Any, field_name: str) -> str:
     """JSON text PostgreSQL's ``jsonb`` will accept, or a ValidationError naming the field."""
     try:
@@ -175,9 +184,9 @@ def validate_expected_version(expected_version: object) -> int | None:
         return None
     if isinstance(expected_version, bool) or not isinstance(expected_version, int):
         raise ValidationError("expected_version must be an integer", field="expected_version")
-    if expected_version < NO_STREAM:
+    if not NO_STREAM <= expected_version <= MAX_INT64:
         raise ValidationError(
-            "expected_version must be -1 (no stream), 0 or a positive version", field="expected_version"
+            "expected_version must be -1 (no stream), 0 or a positive 64-bit version", field="expected_version"
         )
     return expected_version
 
@@ -187,6 +196,8 @@ def validate_version_bound(value: object, field_name: str, minimum: int = 0) -> 
         raise ValidationError(f"{field_name} must be an integer", field=field_name)
     if value < minimum:
         raise ValidationError(f"{field_name} must be >= {minimum}", field=field_name)
+    if value > MAX_INT64:
+        raise ValidationError(f"{field_name} must fit in 64 bits (<= {MAX_INT64})", field=field_name)
     return value
 
 

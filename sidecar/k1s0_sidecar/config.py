@@ -90,6 +90,7 @@ class AuthSection:
 class EventStoreSection:
     max_events_per_append: int = 100
     max_page_size: int = 200
+    #: Used when a read names no page size; capped at max_page_size.
     default_page_size: int = 50
     #: Group commit: most requests coalesced into one transaction, and how long to wait for more.
     group_commit_max_batch: int = 256
@@ -275,8 +276,6 @@ def _validate(c: Config) -> None:
     positive("event_store.max_events_per_append", es.max_events_per_append)
     positive("event_store.max_page_size", es.max_page_size)
     positive("event_store.default_page_size", es.default_page_size)
-    if es.default_page_size > es.max_page_size:
-        raise ConfigError("event_store.default_page_size: must not exceed event_store.max_page_size")
     positive("event_store.group_commit_max_batch", es.group_commit_max_batch)
     positive("event_store.group_commit_linger_ms", es.group_commit_linger_ms, 0)
     positive("event_store.snapshot_interval", es.snapshot_interval, 0)

@@ -24,6 +24,7 @@ from k1s0_event_store import (
     ValidationError,
     prepare_append,
 )
+from k1s0_event_store._model import MAX_INT64
 
 from .authz import Principal
 from .config import EventStoreSection
@@ -52,6 +53,8 @@ def _int_at_least(value: object, field: str, minimum: int) -> int:
         raise ValidationError(f"{field} must be an integer", field=field)
     if value < minimum:
         raise ValidationError(f"{field} must be >= {minimum}", field=field)
+    if value > MAX_INT64:
+        raise ValidationError(f"{field} must fit in 64 bits (<= {MAX_INT64})", field=field)
     return value
 
 
@@ -117,13 +120,14 @@ class EventStoreService:
         if last is not None and last < first:
             raise ValidationError("to_version must be >= from_version", field="to_version")
         number = 1 if page is None else _int_at_least(page, "page", 1)
-        size = self.settings.default_page_size if page_size is None else _int_at_least(page_size, "page_size", 1)
+        default = min(self.settings.default_page_size, self.settings.max_page_size)
+        size = default if page_size is None else _int_at_least(page_size, "page_size", 1)
         if size > self.settings.max_page_size:
             raise ValidationError(
                 f"page_size must be at most {self.settings.max_page_size} (got {size})", field="page_size"
             )
-        if event_type is not None and not event_type:
-            raise ValidationError("event_type must not be empty", field="event_type")
+        if (number - 1) * size > MAX_INT64:
+            raise ValidationError("page is too large", field="page")
         result = await self.store.read_stream(
             sid, from_version=first, to_version=last, event_type=event_type, offset=(number - 1) * size, limit=size
         )

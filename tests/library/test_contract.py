@@ -269,3 +269,14 @@ async def test_snapshots(stores: Stores) -> None:
     assert removed == 2
     latest = await snaps.load_latest(ORDER)
     assert latest is not None and latest.version == 5
+
+
+@pytest.mark.parametrize("bad", ["", "a\x00b", "x\n", "y" * 256])
+async def test_read_filters_are_validated(stores: Stores, bad: str) -> None:
+    await stores.events.append(ORDER, [ev()])
+    with pytest.raises(ValidationError):
+        await stores.events.read_all(stream_prefixes=[bad])
+    with pytest.raises(ValidationError):
+        await stores.events.read_all(event_types=[bad])
+    with pytest.raises(ValidationError):
+        await stores.events.read_stream(ORDER, event_type=bad)

@@ -76,7 +76,10 @@ async def test_seed_append_example_round_trips_field_by_field(http: aiohttp.Clie
     status, conflict, headers = await _call(http, "POST", "/api/v1/streams/order-order-001/events", json=SEED_APPEND)
     err = assert_error(status, conflict, headers, 409, "SYS_EVSTORE_VERSION_CONFLICT")
     assert err["message"] == "version conflict for stream order-order-001: expected 0, actual 1"
-    assert err["details"] == [{"field": "expected_version", "message": "0"}, {"field": "actual_version", "message": "1"}]
+    assert err["details"] == [
+        {"field": "expected_version", "message": "0"},
+        {"field": "actual_version", "message": "1"},
+    ]
 
 
 async def test_snapshots_seed_examples(http: aiohttp.ClientSession, stream: str) -> None:
@@ -233,7 +236,8 @@ async def test_read_all_by_sequence(http: aiohttp.ClientSession, stream: str) ->
     _, a, _ = await _call(http, "POST", f"/api/v1/streams/{stream}/events",
                           json={"events": [{"event_type": "X1", "payload": {}}]})
     seq = a["events"][0]["sequence"]
-    await _call(http, "POST", f"/api/v1/streams/{stream}/events", json={"events": [{"event_type": "X2", "payload": {}}]})
+    x2 = {"events": [{"event_type": "X2", "payload": {}}]}
+    await _call(http, "POST", f"/api/v1/streams/{stream}/events", json=x2)
     status, body, _ = await _call(http, "GET", "/api/v1/events",
                                   params={"after_sequence": seq - 1, "stream_prefix": stream})
     assert status == 200 and [e["event_type"] for e in body["events"]] == ["X1", "X2"]

@@ -13,6 +13,7 @@ from .._api import EventStore, SnapshotStore
 from .._batch import Replay, ReplayOf, Write, plan
 from .._errors import EventNotFoundError, EventStoreError, StreamNotFoundError, ValidationError
 from .._model import (
+    MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
     AppendResult,
     EventEnvelope,
@@ -21,6 +22,7 @@ from .._model import (
     StreamPage,
     encode_json,
     envelope_from_prepared,
+    validate_filters,
     validate_name,
     validate_version_bound,
 )
@@ -94,6 +96,8 @@ class InMemoryEventStore(EventStore):
         limit: int | None = None,
     ) -> StreamPage:
         sid = StreamId.of(stream_id)
+        if event_type is not None:
+            validate_name(event_type, "event_type", MAX_EVENT_TYPE_LENGTH)
         events = self._streams.get(str(sid))
         if not events:
             raise StreamNotFoundError(str(sid))
@@ -124,6 +128,8 @@ class InMemoryEventStore(EventStore):
     ) -> list[EventEnvelope]:
         validate_version_bound(after_sequence, "after_sequence")
         validate_version_bound(limit, "limit", 1)
+        stream_prefixes = validate_filters(stream_prefixes, "stream_prefixes")
+        event_types = validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH)
         out: list[EventEnvelope] = []
         for e in self._all:
             if (e.sequence or 0) <= after_sequence:

@@ -27,6 +27,7 @@ from .._errors import (
     ValidationError,
 )
 from .._model import (
+    MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
     AppendResult,
     EventEnvelope,
@@ -35,6 +36,7 @@ from .._model import (
     StreamPage,
     encode_json,
     envelope_from_prepared,
+    validate_filters,
     validate_name,
     validate_version_bound,
 )
@@ -259,6 +261,8 @@ class PostgresEventStore(_PoolOwner, EventStore):
             validate_version_bound(to_version, "to_version")
         if limit is not None:
             validate_version_bound(limit, "limit", 1)
+        if event_type is not None:
+            validate_name(event_type, "event_type", MAX_EVENT_TYPE_LENGTH)
         async with self.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             current = await conn.fetchval(
                 f"SELECT current_version FROM {self._s}.event_streams WHERE id = $1", str(sid)
@@ -306,6 +310,8 @@ class PostgresEventStore(_PoolOwner, EventStore):
     ) -> list[EventEnvelope]:
         validate_version_bound(after_sequence, "after_sequence")
         validate_version_bound(limit, "limit", 1)
+        stream_prefixes = validate_filters(stream_prefixes, "stream_prefixes")
+        event_types = validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH)
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE sequence > $1"
