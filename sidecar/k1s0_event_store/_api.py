@@ -80,8 +80,9 @@ class EventStore(ABC):
         *,
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
     ) -> list[EventEnvelope]:
-        """Events of every stream with ``sequence > after_sequence``, in sequence order.
+        """Events of every stream with ``after_sequence < sequence <= until_sequence``, in sequence order.
 
         Sequence order equals commit order: a reader that repeatedly asks for ``sequence > last``
         never misses an event that commits later with a lower sequence.

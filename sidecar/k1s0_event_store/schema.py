@@ -64,7 +64,10 @@ class Migration:
     sql: str
 
     def render(self, schema: str) -> str:
-        return self.sql.replace("{s}", quote_ident(schema, "schema"))
+        # The validated name is also a safe SQL string literal: the pattern excludes quotes.
+        return self.sql.replace("{s}", quote_ident(schema, "schema")).replace(
+            "{schema_literal}", validate_identifier(schema, "schema")
+        )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -150,7 +153,51 @@ $$;
 REVOKE ALL ON FUNCTION {s}.delete_stream(TEXT) FROM PUBLIC;
 """,
     ),
+    Migration(
+        2,
+        "notifications for subscriptions: on append and on stream deletion",
+        """
+-- One notification per appending transaction (identical notifications in one transaction are
+-- collapsed by PostgreSQL), delivered at commit: subscribers wake up instead of polling.
+-- Channel k1s0_events, payload the schema name.
+CREATE FUNCTION {s}.notify_appended() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('k1s0_events', TG_TABLE_SCHEMA);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER events_notify AFTER INSERT ON {s}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_appended();
+
+-- delete_stream() also tells subscribers: channel k1s0_stream_deleted, payload schema || '/' || stream.
+CREATE OR REPLACE FUNCTION {s}.delete_stream(p_stream_id TEXT) RETURNS BIGINT
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    removed BIGINT;
+BEGIN
+    PERFORM 1 FROM {s}.event_streams WHERE id = p_stream_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('k1s0.stream_delete', 'on', true);
+    DELETE FROM {s}.events WHERE stream_id = p_stream_id;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    PERFORM set_config('k1s0.stream_delete', 'off', true);
+    DELETE FROM {s}.snapshots WHERE stream_id = p_stream_id;
+    DELETE FROM {s}.event_streams WHERE id = p_stream_id;
+    PERFORM pg_notify('k1s0_stream_deleted', '{schema_literal}' || '/' || p_stream_id);
+    RETURN removed;
+END;
+$$;
+REVOKE ALL ON FUNCTION {s}.delete_stream(TEXT) FROM PUBLIC;
+""",
+    ),
 )
+
+#: LISTEN channels (payloads: the schema name; ``schema/stream_id`` for deletions).
+NOTIFY_APPENDED = "k1s0_events"
+NOTIFY_STREAM_DELETED = "k1s0_stream_deleted"
 
 LATEST_VERSION = MIGRATIONS[-1].version
 

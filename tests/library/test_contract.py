@@ -181,6 +181,7 @@ async def test_read_all_in_sequence_order_with_filters(stores: Stores) -> None:
     assert seqs == sorted(seqs)
     assert [e.stream for e in await s.read_all(after_sequence=seqs[0])] == ["task-1", "order-2"]
     assert [e.stream for e in await s.read_all(limit=1)] == ["order-1"]
+    assert [e.stream for e in await s.read_all(until_sequence=seqs[1])] == ["order-1", "task-1"]
     assert [e.stream for e in await s.read_all(stream_prefixes=["order-"])] == ["order-1", "order-2"]
     assert [e.stream for e in await s.read_all(event_types=["TaskCreated"])] == ["task-1"]
     assert await s.head_sequence() == seqs[-1]

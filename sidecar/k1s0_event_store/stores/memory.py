@@ -125,8 +125,11 @@ class InMemoryEventStore(EventStore):
         *,
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
     ) -> list[EventEnvelope]:
         validate_version_bound(after_sequence, "after_sequence")
+        if until_sequence is not None:
+            validate_version_bound(until_sequence, "until_sequence")
         validate_version_bound(limit, "limit", 1)
         stream_prefixes = validate_filters(stream_prefixes, "stream_prefixes")
         event_types = validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH)
@@ -134,6 +137,8 @@ class InMemoryEventStore(EventStore):
         for e in self._all:
             if (e.sequence or 0) <= after_sequence:
                 continue
+            if until_sequence is not None and (e.sequence or 0) > until_sequence:
+                break
             if stream_prefixes and not any(e.stream.startswith(p) for p in stream_prefixes):
                 continue
             if event_types and e.event_type not in event_types:

@@ -307,18 +307,22 @@ class PostgresEventStore(_PoolOwner, EventStore):
         *,
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
     ) -> list[EventEnvelope]:
         validate_version_bound(after_sequence, "after_sequence")
+        if until_sequence is not None:
+            validate_version_bound(until_sequence, "until_sequence")
         validate_version_bound(limit, "limit", 1)
         stream_prefixes = validate_filters(stream_prefixes, "stream_prefixes")
         event_types = validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH)
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE sequence > $1"
+                " AND ($5::bigint IS NULL OR sequence <= $5)"
                 " AND (cardinality($2::text[]) = 0 OR stream_id ^@ ANY($2::text[]))"
                 " AND (cardinality($3::text[]) = 0 OR event_type = ANY($3::text[]))"
                 " ORDER BY sequence LIMIT $4",
-                after_sequence, list(stream_prefixes), list(event_types), limit,
+                after_sequence, list(stream_prefixes), list(event_types), limit, until_sequence,
             )
         cache: dict[str, StreamId] = {}
         return [_envelope(r, cache) for r in rows]
