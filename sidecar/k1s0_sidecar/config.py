@@ -97,6 +97,12 @@ class EventStoreSection:
     group_commit_linger_ms: float = 0.0
     snapshot_interval: int = 100
     snapshot_retention_days: int = 30
+    #: Subscriptions: events queued per live subscriber before it is sent back to catch-up reads.
+    subscription_buffer: int = 1000
+    #: Polling fallback of the shared reader when no NOTIFY arrives.
+    subscription_poll_interval_ms: float = 1000.0
+    #: SSE keep-alive comment interval while idle.
+    subscription_keepalive_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,9 @@ def _validate(c: Config) -> None:
     positive("event_store.group_commit_linger_ms", es.group_commit_linger_ms, 0)
     positive("event_store.snapshot_interval", es.snapshot_interval, 0)
     positive("event_store.snapshot_retention_days", es.snapshot_retention_days, 0)
+    positive("event_store.subscription_buffer", es.subscription_buffer)
+    positive("event_store.subscription_poll_interval_ms", es.subscription_poll_interval_ms, 10)
+    positive("event_store.subscription_keepalive_seconds", es.subscription_keepalive_seconds, 0.1)
 
 
 def with_section(config: Config, section: str, **changes: Any) -> Config:

@@ -206,7 +206,8 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         if self.subscriptions is None:
             raise EventStoreError("subscriptions are not enabled")
         async for event in self.subscriptions.stream(request.stream_id, request.after_version, request.from_end):
-            yield pb.EventNotification(event=event_to_pb(event))
+            if event is not None:
+                yield pb.EventNotification(event=event_to_pb(event))
 
     async def SubscribeToAll(  # type: ignore[override]
         self, request: pb.SubscribeToAllRequest, context: Any
@@ -216,7 +217,8 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         async for event in self.subscriptions.all(
             request.after_sequence, list(request.stream_prefixes), list(request.event_types), request.from_end
         ):
-            yield pb.EventNotification(event=event_to_pb(event))
+            if event is not None:
+                yield pb.EventNotification(event=event_to_pb(event))
 
 
 # -- interceptor ---------------------------------------------------------------------------------

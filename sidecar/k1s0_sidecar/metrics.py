@@ -43,6 +43,12 @@ class Metrics:
             "eventstore_group_commit_batch_size", "Append requests per group-commit transaction",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r,
         )
+        self.subscriptions_active = Gauge(
+            "eventstore_subscriptions_active", "Live subscribers fed by the shared reader", registry=r
+        )
+        self.subscriptions_lagged = Counter(
+            "eventstore_subscriptions_lagged", "Subscribers sent back to catch-up reads for falling behind", registry=r
+        )
         self.http_requests = Counter(
             "eventstore_http_requests", "REST requests", ["route", "method", "status"], registry=r
         )

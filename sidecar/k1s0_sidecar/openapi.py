@@ -205,6 +205,13 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
+_SSE = {
+    "200": {
+        "description": "An endless event stream; keep-alive comments while idle; `event: error` ends it.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
 #: Paths added by other modules (subscriptions, forwarder status) register themselves here.
 EXTRA_PATHS: dict[str, dict[str, Any]] = {}
 
@@ -293,6 +300,36 @@ def _base_paths() -> dict[str, Any]:
                     _query("event_type", {"type": "array", "items": {"type": "string"}}, "Event types."),
                 ],
                 "responses": {**_ok(200, "ReadAllResponse", "Events"), **_error_responses(400)},
+            }
+        },
+        "/api/v1/streams/{stream_id}/subscribe": {
+            "get": {
+                "operationId": "subscribeToStream",
+                "summary": "Server-Sent Events: one stream, catch-up then live (id: sequence, data: StoredEvent). "
+                "Waits for a stream that does not exist yet; `Last-Event-ID` resumes after that event. "
+                "Role: sys_auditor.",
+                "security": _SECURITY,
+                "parameters": [
+                    _STREAM,
+                    _query("after_version", {"type": "integer", "minimum": 0, "default": 0}, "Exclusive."),
+                    _query("from_end", {"type": "boolean"}, "Only events committed after the call."),
+                ],
+                "responses": {**_SSE, **_error_responses(400, 404)},
+            }
+        },
+        "/api/v1/subscribe": {
+            "get": {
+                "operationId": "subscribeToAll",
+                "summary": "Server-Sent Events: all streams in global order, catch-up then live. "
+                "`Last-Event-ID` resumes after that sequence. Role: sys_auditor.",
+                "security": _SECURITY,
+                "parameters": [
+                    _query("after_sequence", {"type": "integer", "minimum": 0, "default": 0}, "Exclusive."),
+                    _query("stream_prefix", {"type": "array", "items": {"type": "string"}}, "Stream id prefixes."),
+                    _query("event_type", {"type": "array", "items": {"type": "string"}}, "Event types."),
+                    _query("from_end", {"type": "boolean"}, "Only events committed after the call."),
+                ],
+                "responses": {**_SSE, **_error_responses(400)},
             }
         },
         "/healthz": {"get": _health("healthz", "Liveness")},

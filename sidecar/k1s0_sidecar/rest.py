@@ -6,6 +6,7 @@ middleware authenticates and authorises before the handler runs, so a handler ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -99,6 +100,8 @@ class RestApi:
         self.readiness = readiness
         self.max_body_bytes = max_body_bytes
         self.extra_routes: list[Route] = []
+        #: The subscription hub (set by the runtime); the SSE routes need it.
+        self.subscriptions: Any = None
         self._roles: dict[str, Role | None] = {}
 
     @property
@@ -112,6 +115,8 @@ class RestApi:
             Route("GET", f"{base}/snapshots/latest", self.latest_snapshot, Role.SYS_AUDITOR, "get_latest_snapshot"),
             Route("DELETE", base, self.delete_stream, Role.SYS_ADMIN, "delete_stream"),
             Route("GET", "/api/v1/events", self.read_all, Role.SYS_AUDITOR, "read_all"),
+            Route("GET", f"{base}/subscribe", self.subscribe_stream, Role.SYS_AUDITOR, "subscribe_stream"),
+            Route("GET", "/api/v1/subscribe", self.subscribe_all, Role.SYS_AUDITOR, "subscribe_all"),
             Route("GET", "/healthz", self.live, None, "healthz"),
             Route("GET", "/readyz", self.ready, None, "readyz"),
             Route("GET", "/health/live", self.live, None, "health_live"),
@@ -250,6 +255,73 @@ class RestApi:
                 "deleted_events": removed,
             }
         )
+
+    # -- subscriptions: Server-Sent Events ------------------------------------------------------------
+
+    def _hub(self) -> Any:
+        if self.subscriptions is None:
+            raise RequestError("SYS_EVSTORE_UNAVAILABLE", "subscriptions are not enabled")
+        return self.subscriptions
+
+    @staticmethod
+    def _last_event_id(request: web.Request) -> int | None:
+        raw = request.headers.get("Last-Event-ID")
+        if raw is None or raw == "":
+            return None
+        if not raw.isdigit():
+            raise ValidationError(f"Last-Event-ID must be an event sequence (got {raw!r})", field="Last-Event-ID")
+        return int(raw)
+
+    async def subscribe_stream(self, request: web.Request) -> web.StreamResponse:
+        hub = self._hub()
+        stream_id = request.match_info["stream_id"]
+        after = _query_int(request, "after_version") or 0
+        resume = self._last_event_id(request)
+        if resume is not None:  # resume right after the last event the client saw
+            after = (await self.service.get_event(stream_id, resume)).version or 0
+        from_end = request.query.get("from_end", "").lower() in {"1", "true"}
+        events = hub.stream(stream_id, after, from_end, heartbeat=True)
+        return await self._sse(request, events)
+
+    async def subscribe_all(self, request: web.Request) -> web.StreamResponse:
+        hub = self._hub()
+        after = self._last_event_id(request)
+        if after is None:
+            after = _query_int(request, "after_sequence") or 0
+        from_end = request.query.get("from_end", "").lower() in {"1", "true"}
+        events = hub.all(
+            after,
+            request.query.getall("stream_prefix", []),
+            request.query.getall("event_type", []),
+            from_end,
+            heartbeat=True,
+        )
+        return await self._sse(request, events)
+
+    async def _sse(self, request: web.Request, events: Any) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        response.headers["X-Request-Id"] = request[REQUEST_ID_KEY]
+        await response.prepare(request)
+        await response.write(b": subscribed\n\n")
+        try:
+            async for event in events:
+                if event is None:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                data = json.dumps(wire.event_json(event), ensure_ascii=False, separators=(",", ":"))
+                await response.write(f"id: {event.sequence}\ndata: {data}\n\n".encode())
+        except (ConnectionResetError, ConnectionError):
+            return response  # the client went away
+        except Exception as exc:
+            code, message, details = classify(exc)
+            body = json.dumps(error_body(code, message, details, request[REQUEST_ID_KEY]))
+            with contextlib.suppress(ConnectionError):
+                await response.write(f"event: error\ndata: {body}\n\n".encode())
+        finally:
+            await events.aclose()
+        return response
 
     # -- operations ----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from .grpc_api import SERVICE_NAME, EdgeInterceptor, EventStoreServicer
 from .metrics import Metrics
 from .rest import RestApi
 from .service import EventStoreService
+from .subscriptions import SubscriptionHub
 
 log = logging.getLogger("k1s0_sidecar")
 
@@ -189,6 +190,19 @@ class Sidecar:
             self.service, self.authenticator, self.metrics, self.readiness, max_body_bytes=cfg.server.max_body_bytes
         )
         self.servicer = EventStoreServicer(self.service)
+        self.subscriptions = SubscriptionHub(
+            self.store,
+            dsn,
+            cfg.database.schema,
+            buffer=cfg.event_store.subscription_buffer,
+            poll_interval=cfg.event_store.subscription_poll_interval_ms / 1000,
+            keepalive=cfg.event_store.subscription_keepalive_seconds,
+            on_lag=self.metrics.subscriptions_lagged.inc,
+        )
+        self.metrics.subscriptions_active.set_function(lambda: self.subscriptions.live_subscribers)
+        self.servicer.subscriptions = self.subscriptions
+        self.rest.subscriptions = self.subscriptions
+        self.components.append(self.subscriptions)
         self.components.append(Maintenance(self))
         self._extend()
         for component in self.components:
@@ -250,6 +264,10 @@ class Sidecar:
         grace = self.config.server.shutdown_grace_seconds
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        # Long-lived streams (subscriptions) end first, so they do not hold the grace period.
+        for component in self.components:
+            if getattr(component, "stop_before_servers", False):
+                await component.stop()
         stops = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace))
@@ -258,6 +276,8 @@ class Sidecar:
         await asyncio.gather(*stops, return_exceptions=True)
         await self.committer.close()
         for component in reversed(self.components):
+            if getattr(component, "stop_before_servers", False):
+                continue
             try:
                 await component.stop()
             except Exception:

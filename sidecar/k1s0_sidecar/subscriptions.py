@@ -1,0 +1,320 @@
+"""Subscriptions: catch-up from a position, then live, with no gap and no duplicate at the switch.
+
+One reader per process (``SubscriptionHub``) follows the schema's global order and fans out to
+every live subscriber, so database load does not grow with the number of subscribers. It is woken
+by PostgreSQL ``LISTEN`` (the append trigger notifies at commit) and polls as a fallback.
+
+A subscriber reads history from the database itself, then registers with the hub. Registration is
+synchronous and returns the hub's head ``H``: the hub will queue every matching event with
+``sequence > H``, and the subscriber reads ``(its position, H]`` from the database once more before
+draining its queue. Events are committed in sequence order (see ``k1s0_event_store.schema``), so
+everything at or below ``H`` is already readable; duplicates are dropped by position.
+
+Memory is bounded: a subscriber's queue holds at most ``buffer`` events. One that falls that far
+behind is dropped from the hub (the hub never waits for it) and goes back to reading from the
+database where it left off; appends and other subscribers never slow down because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from k1s0_event_store import (
+    EventEnvelope,
+    PostgresEventStore,
+    StreamId,
+    StreamNotFoundError,
+    UnavailableError,
+    ValidationError,
+)
+from k1s0_event_store._model import MAX_EVENT_TYPE_LENGTH, validate_filters, validate_version_bound
+from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
+
+log = logging.getLogger(__name__)
+
+_PAGE = 500
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+LAGGED = _Signal("LAGGED")
+DELETED = _Signal("DELETED")
+CLOSED = _Signal("CLOSED")
+Item = EventEnvelope | _Signal
+
+
+@dataclass(eq=False)
+class Subscriber:
+    matches: Callable[[EventEnvelope], bool]
+    stream: str | None = None
+    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+
+
+class SubscriptionHub:
+    """The shared reader and the subscription API used by gRPC and SSE."""
+
+    stop_before_servers = True
+
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        dsn: str,
+        schema: str,
+        *,
+        buffer: int = 1000,
+        poll_interval: float = 1.0,
+        keepalive: float = 15.0,
+        on_lag: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.dsn = dsn
+        self.schema = schema
+        self.buffer = buffer
+        self.poll_interval = poll_interval
+        self.keepalive = keepalive
+        self.on_lag = on_lag
+        self.on_change: Callable[[int], None] | None = None
+        self.head = 0
+        self._subscribers: set[Subscriber] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._closed = False
+
+    @property
+    def live_subscribers(self) -> int:
+        return len(self._subscribers)
+
+    # -- the shared reader -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.head = await self.store.head_sequence()
+        await self._listen()
+        self._task = asyncio.create_task(self._run(), name="subscription-reader")
+
+    async def _listen(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.dsn)
+            await conn.add_listener(NOTIFY_APPENDED, self._on_append)
+            await conn.add_listener(NOTIFY_STREAM_DELETED, self._on_delete)
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+        except (OSError, asyncpg.PostgresError) as exc:
+            self._listener = None
+            log.warning("LISTEN unavailable, subscriptions fall back to polling: %s", exc)
+
+    def _on_append(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload == self.schema:
+            self._wake.set()
+
+    def _on_delete(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        schema, _, stream = payload.partition("/")
+        if schema != self.schema:
+            return
+        self._wake.set()  # deliver what the stream had first, then the deletion
+        asyncio.get_running_loop().call_soon(self._deliver_deletion, stream)
+
+    def _deliver_deletion(self, stream: str) -> None:
+        for sub in list(self._subscribers):
+            if sub.stream == stream:
+                self._subscribers.discard(sub)
+                sub.queue.put_nowait(DELETED)
+
+    def _on_listener_lost(self, conn: Any) -> None:
+        self._listener = None
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            try:
+                if self._listener is None:
+                    await self._listen()
+                while True:
+                    events = await self.store.read_all(self.head, 1000)
+                    for event in events:
+                        self._dispatch(event)
+                    if len(events) < 1000:
+                        break
+            except (UnavailableError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("subscription reader: %s", exc)
+
+    def _dispatch(self, event: EventEnvelope) -> None:
+        self.head = event.sequence or self.head
+        for sub in list(self._subscribers):
+            if not sub.matches(event):
+                continue
+            if sub.queue.qsize() >= self.buffer:
+                # Too far behind: stop queueing for it; it re-reads from the database.
+                self._subscribers.discard(sub)
+                sub.queue.put_nowait(LAGGED)
+                if self.on_lag:
+                    self.on_lag()
+                continue
+            sub.queue.put_nowait(event)
+
+    def _register(self, sub: Subscriber) -> int:
+        if self._closed:
+            raise UnavailableError("the event store is shutting down")
+        self._subscribers.add(sub)
+        return self.head
+
+    def _unregister(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    async def stop(self) -> None:
+        self._closed = True
+        for sub in list(self._subscribers):
+            sub.queue.put_nowait(CLOSED)
+        self._subscribers.clear()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    # -- the subscription API ----------------------------------------------------------------------
+
+    async def _live(self, sub: Subscriber, heartbeat: bool) -> AsyncIterator[Item | None]:
+        while True:
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), self.keepalive if heartbeat else None)
+            except TimeoutError:
+                yield None
+                continue
+            yield item
+
+    def all(
+        self,
+        after_sequence: int = 0,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        from_end: bool = False,
+        *,
+        heartbeat: bool = False,
+    ) -> AsyncIterator[EventEnvelope | None]:
+        """Every matching event after ``after_sequence`` (or from now), in sequence order, forever.
+
+        Arguments are validated here, before anything is streamed. With ``heartbeat`` the iterator
+        yields ``None`` after ``keepalive`` seconds of silence (SSE keep-alive comments).
+        """
+        validate_version_bound(after_sequence, "after_sequence")
+        prefixes = validate_filters(stream_prefixes, "stream_prefixes")
+        types = validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH)
+        return self._all(after_sequence, prefixes, types, from_end, heartbeat)
+
+    async def _all(
+        self, after_sequence: int, prefixes: list[str], types: list[str], from_end: bool, heartbeat: bool
+    ) -> AsyncIterator[EventEnvelope | None]:
+        type_set = frozenset(types)
+
+        def matches(e: EventEnvelope) -> bool:
+            return (not prefixes or e.stream.startswith(tuple(prefixes))) and (
+                not type_set or e.event_type in type_set
+            )
+
+        position = await self.store.head_sequence() if from_end else after_sequence
+        while True:
+            while True:  # catch-up from the database
+                batch = await self.store.read_all(position, _PAGE, stream_prefixes=prefixes, event_types=types)
+                for event in batch:
+                    position = event.sequence or position
+                    yield event
+                if len(batch) < _PAGE:
+                    break
+            sub = Subscriber(matches)
+            head = self._register(sub)
+            try:
+                while position < head:  # what committed before registration: from the database
+                    batch = await self.store.read_all(
+                        position, _PAGE, stream_prefixes=prefixes, event_types=types, until_sequence=head
+                    )
+                    for event in batch:
+                        position = event.sequence or position
+                        yield event
+                    if len(batch) < _PAGE:
+                        position = max(position, head)
+                async for item in self._live(sub, heartbeat):  # live from the hub
+                    if item is None:
+                        yield None
+                        continue
+                    if item is LAGGED:
+                        break
+                    if item is CLOSED:
+                        raise UnavailableError("the event store is shutting down; resume from the last position")
+                    if isinstance(item, EventEnvelope) and (item.sequence or 0) > position:
+                        position = item.sequence or position
+                        yield item
+            finally:
+                self._unregister(sub)
+
+    def stream(
+        self, stream_id: str, after_version: int = 0, from_end: bool = False, *, heartbeat: bool = False
+    ) -> AsyncIterator[EventEnvelope | None]:
+        """One stream's events after ``after_version`` (or from now), in version order, forever.
+
+        A stream that does not exist yet is waited for. Deleting the stream ends the subscription
+        with ``StreamNotFoundError``.
+        """
+        sid = StreamId.parse(stream_id)
+        if isinstance(after_version, bool) or not isinstance(after_version, int) or after_version < 0:
+            raise ValidationError("after_version must be an integer >= 0", field="after_version")
+        validate_version_bound(after_version, "after_version")
+        return self._stream(sid, after_version, from_end, heartbeat)
+
+    async def _stream(
+        self, sid: StreamId, after_version: int, from_end: bool, heartbeat: bool
+    ) -> AsyncIterator[EventEnvelope | None]:
+        name = str(sid)
+        version = await self.store.current_version(sid) if from_end else after_version
+        while True:
+            while True:
+                batch = await self.store.load(sid, version + 1, version + _PAGE)
+                for event in batch:
+                    version = event.version or version
+                    yield event
+                if len(batch) < _PAGE:
+                    break
+            sub = Subscriber(lambda e: e.stream == name, stream=name)
+            head = self._register(sub)
+            try:
+                while True:
+                    batch = [e for e in await self.store.load(sid, version + 1, version + _PAGE)
+                             if (e.sequence or 0) <= head]
+                    for event in batch:
+                        version = event.version or version
+                        yield event
+                    if len(batch) < _PAGE:
+                        break
+                async for item in self._live(sub, heartbeat):
+                    if item is None:
+                        yield None
+                        continue
+                    if item is LAGGED:
+                        break
+                    if item is DELETED:
+                        raise StreamNotFoundError(name)
+                    if item is CLOSED:
+                        raise UnavailableError("the event store is shutting down; resume from the last version")
+                    if isinstance(item, EventEnvelope) and (item.version or 0) > version:
+                        version = item.version or version
+                        yield item
+            finally:
+                self._unregister(sub)
