@@ -275,7 +275,7 @@ async def test_slow_subscriber_is_bounded_and_still_gets_everything(fresh: Serve
         slow_call = stub.SubscribeToAll(pb.SubscribeToAllRequest())
 
         async def writer(w: int) -> None:
-            for i in range(0, total // 8, 50):
+            for _ in range(0, total // 8, 50):
                 evs = [pb.EventData(event_type="Big", payload_json=json.dumps({"p": payload}).encode())] * 50
                 await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"slow-{w}", events=evs))
 
