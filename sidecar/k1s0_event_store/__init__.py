@@ -37,6 +37,7 @@ from ._model import (
 )
 from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
 from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
+from .stores.remote import GrpcEventStore, GrpcSnapshotStore
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,8 @@ __all__ = [
     "EventStoreConfig",
     "EventStoreError",
     "EventVersion",
+    "GrpcEventStore",
+    "GrpcSnapshotStore",
     "InMemoryEventStore",
     "InMemorySnapshotStore",
     "NotFoundError",

@@ -38,6 +38,7 @@ RPC_ROLES: dict[str, Role | None] = {
     "ReadAll": Role.SYS_AUDITOR,
     "SubscribeToStream": Role.SYS_AUDITOR,
     "SubscribeToAll": Role.SYS_AUDITOR,
+    "PruneSnapshots": Role.SYS_ADMIN,
 }
 #: Services outside ours (health, reflection) are open, like /healthz.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
@@ -199,6 +200,10 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
             request.after_sequence, request.limit or None, list(request.stream_prefixes), list(request.event_types)
         )
         return pb.ReadAllResponse(events=[event_to_pb(e) for e in events], head_sequence=head)
+
+    async def PruneSnapshots(self, request: pb.PruneSnapshotsRequest, context: Any) -> pb.PruneSnapshotsResponse:
+        removed = await self.service.prune_snapshots(wire.parse_time(request.older_than, "older_than"))
+        return pb.PruneSnapshotsResponse(removed=removed)
 
     async def SubscribeToStream(  # type: ignore[override]
         self, request: pb.SubscribeToStreamRequest, context: Any

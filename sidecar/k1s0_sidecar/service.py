@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from k1s0_event_store import (
@@ -171,6 +172,9 @@ class EventStoreService:
         if snap is None:
             raise SnapshotNotFoundError(str(sid))
         return snap
+
+    async def prune_snapshots(self, older_than: datetime) -> int:
+        return await self.snapshots.prune(older_than)
 
     async def delete_stream(self, stream_id: str) -> int:
         removed = await self.store.delete_stream(StreamId.parse(stream_id))

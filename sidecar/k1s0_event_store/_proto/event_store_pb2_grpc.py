@@ -79,6 +79,11 @@ class EventStoreServiceStub:
                 request_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.SubscribeToAllRequest.SerializeToString,
                 response_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.EventNotification.FromString,
                 _registered_method=True)
+        self.PruneSnapshots = channel.unary_unary(
+                '/k1s0.system.eventstore.v1.EventStoreService/PruneSnapshots',
+                request_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsRequest.SerializeToString,
+                response_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServiceServicer:
@@ -147,6 +152,13 @@ class EventStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneSnapshots(self, request, context):
+        """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +206,11 @@ def add_EventStoreServiceServicer_to_server(servicer, server):
                     servicer.SubscribeToAll,
                     request_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.SubscribeToAllRequest.FromString,
                     response_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.EventNotification.SerializeToString,
+            ),
+            'PruneSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneSnapshots,
+                    request_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsRequest.FromString,
+                    response_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +456,33 @@ class EventStoreService:
             '/k1s0.system.eventstore.v1.EventStoreService/SubscribeToAll',
             k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.SubscribeToAllRequest.SerializeToString,
             k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.EventNotification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/k1s0.system.eventstore.v1.EventStoreService/PruneSnapshots',
+            k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsRequest.SerializeToString,
+            k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

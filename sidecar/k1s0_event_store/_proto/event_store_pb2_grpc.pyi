@@ -56,6 +56,8 @@ class EventStoreServiceStub:
     """One stream: catch-up from after_version, then live. Waits for a stream that does not exist yet."""
     SubscribeToAll: _grpc.UnaryStreamMultiCallable[_event_store_pb2.SubscribeToAllRequest, _event_store_pb2.EventNotification]
     """All streams in global sequence order: catch-up from after_sequence, then live."""
+    PruneSnapshots: _grpc.UnaryUnaryMultiCallable[_event_store_pb2.PruneSnapshotsRequest, _event_store_pb2.PruneSnapshotsResponse]
+    """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only)."""
 
 @_typing.type_check_only
 class EventStoreServiceAsyncStub(EventStoreServiceStub):
@@ -78,6 +80,8 @@ class EventStoreServiceAsyncStub(EventStoreServiceStub):
     """One stream: catch-up from after_version, then live. Waits for a stream that does not exist yet."""
     SubscribeToAll: _aio.UnaryStreamMultiCallable[_event_store_pb2.SubscribeToAllRequest, _event_store_pb2.EventNotification]  # type: ignore[assignment]
     """All streams in global sequence order: catch-up from after_sequence, then live."""
+    PruneSnapshots: _aio.UnaryUnaryMultiCallable[_event_store_pb2.PruneSnapshotsRequest, _event_store_pb2.PruneSnapshotsResponse]  # type: ignore[assignment]
+    """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only)."""
 
 class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -151,5 +155,13 @@ class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_event_store_pb2.EventNotification], _abc.AsyncIterator[_event_store_pb2.EventNotification]]:
         """All streams in global sequence order: catch-up from after_sequence, then live."""
+
+    @_abc_1.abstractmethod
+    def PruneSnapshots(
+        self,
+        request: _event_store_pb2.PruneSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_store_pb2.PruneSnapshotsResponse, _abc.Awaitable[_event_store_pb2.PruneSnapshotsResponse]]:
+        """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only)."""
 
 def add_EventStoreServiceServicer_to_server(servicer: EventStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
