@@ -35,6 +35,7 @@ from ._model import (
     StreamPage,
     prepare_append,
 )
+from .aggregates import Aggregate, AggregateRepository
 from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
 from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
 from .stores.remote import GrpcEventStore, GrpcSnapshotStore
@@ -43,6 +44,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_STREAM",
+    "Aggregate",
+    "AggregateRepository",
     "AppendRequest",
     "AppendResult",
     "ConcurrencyError",
