@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate", action="store_true", help="apply schema migrations at start-up")
     p.set_defaults(handler=_cmd_serve)
 
+    from .people_cli import register
+
+    register(sub)
+
     p = sub.add_parser("operator", help="run the Kubernetes operator and its admission webhook")
     p.set_defaults(handler=_not_built(8))
     return parser
