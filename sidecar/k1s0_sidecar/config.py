@@ -84,6 +84,14 @@ class AuthSection:
     #: The client whose ``resource_access.<client>.roles`` count as roles.
     client_id: str = ""
     leeway_seconds: float = 30.0
+    #: Accepted signature algorithms: a subset of RS256 and ES256 (never none or HS*).
+    algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+    #: Least time between two JWKS fetches (unknown ``kid``, failed fetch): bounds the load a
+    #: stream of tokens with made-up key ids can put on the key server.
+    jwks_refetch_seconds: float = 10.0
+    #: Cached keys are refreshed in the background after this long (a removed key stops working).
+    jwks_max_age_seconds: float = 300.0
+    jwks_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -278,6 +286,11 @@ def _validate(c: Config) -> None:
     if c.auth.mode == "jwt" and not c.auth.jwks_url:
         raise ConfigError("auth.jwks_url: required when auth.mode is jwt (set auth.mode: none for development)")
     positive("auth.leeway_seconds", c.auth.leeway_seconds, 0)
+    if not c.auth.algorithms or not set(c.auth.algorithms) <= {"RS256", "ES256"}:
+        raise ConfigError(f"auth.algorithms: must be RS256 and/or ES256 (got {c.auth.algorithms!r})")
+    positive("auth.jwks_refetch_seconds", c.auth.jwks_refetch_seconds, 0)
+    positive("auth.jwks_max_age_seconds", c.auth.jwks_max_age_seconds, 1)
+    positive("auth.jwks_timeout_seconds", c.auth.jwks_timeout_seconds, 0.1)
     es = c.event_store
     positive("event_store.max_events_per_append", es.max_events_per_append)
     positive("event_store.max_page_size", es.max_page_size)
