@@ -220,6 +220,12 @@ class JwksCache:
                 by_kid[key.key_id] = (*by_kid.get(key.key_id, ()), key)
         return _KeySet(by_kid, tuple(usable), self.clock())
 
+    async def settled(self) -> None:
+        """Wait for a fetch under way (a background refresh) to finish."""
+        task = self._inflight
+        if task is not None:
+            await asyncio.shield(task)
+
     async def close(self) -> None:
         self._closed = True
         task = self._inflight
