@@ -167,6 +167,21 @@ def validate_filters(values: Sequence[str], field_name: str, max_length: int = M
     return [validate_name(v, field_name, max_length) for v in values]
 
 
+def validate_read_all(
+    after_sequence: int, limit: int, stream_prefixes: Sequence[str], event_types: Sequence[str],
+    until_sequence: int | None,
+) -> tuple[list[str], list[str]]:
+    """The arguments of ``read_all``, checked the same way by every store; returns the filters."""
+    validate_version_bound(after_sequence, "after_sequence")
+    validate_version_bound(limit, "limit", 1)
+    if until_sequence is not None:
+        validate_version_bound(until_sequence, "until_sequence")
+    return (
+        validate_filters(stream_prefixes, "stream_prefixes"),
+        validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH),
+    )
+
+
 def encode_json(value: Any, field_name: str) -> str:
     """JSON text PostgreSQL's ``jsonb`` will accept, or a ValidationError naming the field."""
     try:

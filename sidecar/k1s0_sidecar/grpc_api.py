@@ -10,11 +10,12 @@ import contextvars
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 
 from k1s0_event_store import EventEnvelope, EventStoreError, Snapshot, ValidationError
+from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 
@@ -52,33 +53,6 @@ def current_principal() -> Principal | None:
 
 
 # -- conversions -------------------------------------------------------------------------------
-
-_TYPED_METADATA: tuple[Literal["actor_id", "correlation_id", "causation_id"], ...] = (
-    "actor_id", "correlation_id", "causation_id",
-)
-
-
-def metadata_to_pb(metadata: dict[str, Any]) -> pb.EventMetadata:
-    """Typed fields for the three standard string keys; everything else (nulls too) in extra_json."""
-    typed = {k: v for k, v in metadata.items() if k in _TYPED_METADATA and isinstance(v, str)}
-    extra = {k: v for k, v in metadata.items() if k not in typed}
-    return pb.EventMetadata(
-        **typed, extra_json=json.dumps(extra, ensure_ascii=False).encode() if extra else b""
-    )
-
-
-def metadata_from_pb(m: pb.EventMetadata, field: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if m.extra_json:
-        extra = _json_bytes(m.extra_json, f"{field}.extra_json")
-        if not isinstance(extra, dict):
-            raise ValidationError(f"{field}.extra_json must be a JSON object", field=f"{field}.extra_json")
-        out.update(extra)
-    for key in _TYPED_METADATA:
-        if m.HasField(key):
-            out[key] = getattr(m, key)
-    return out
-
 
 def _json_bytes(raw: bytes, field: str) -> Any:
     if not raw:

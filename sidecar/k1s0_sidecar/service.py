@@ -25,7 +25,7 @@ from k1s0_event_store import (
     ValidationError,
     prepare_append,
 )
-from k1s0_event_store._model import MAX_INT64
+from k1s0_event_store._model import MAX_INT64, validate_version_bound
 
 from .authz import Principal
 from .config import EventStoreSection
@@ -47,16 +47,6 @@ class ReadPage:
     @property
     def has_next(self) -> bool:
         return (self.number - 1) * self.size + len(self.page.events) < self.page.total_count
-
-
-def _int_at_least(value: object, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{field} must be an integer", field=field)
-    if value < minimum:
-        raise ValidationError(f"{field} must be >= {minimum}", field=field)
-    if value > MAX_INT64:
-        raise ValidationError(f"{field} must fit in 64 bits (<= {MAX_INT64})", field=field)
-    return value
 
 
 class EventStoreService:
@@ -116,13 +106,13 @@ class EventStoreService:
         page_size: int | None = None,
     ) -> ReadPage:
         sid = StreamId.parse(stream_id)
-        first = 1 if from_version is None else _int_at_least(from_version, "from_version", 0)
-        last = None if to_version is None else _int_at_least(to_version, "to_version", 0)
+        first = 1 if from_version is None else validate_version_bound(from_version, "from_version", 0)
+        last = None if to_version is None else validate_version_bound(to_version, "to_version", 0)
         if last is not None and last < first:
             raise ValidationError("to_version must be >= from_version", field="to_version")
-        number = 1 if page is None else _int_at_least(page, "page", 1)
+        number = 1 if page is None else validate_version_bound(page, "page", 1)
         default = min(self.settings.default_page_size, self.settings.max_page_size)
-        size = default if page_size is None else _int_at_least(page_size, "page_size", 1)
+        size = default if page_size is None else validate_version_bound(page_size, "page_size", 1)
         if size > self.settings.max_page_size:
             raise ValidationError(
                 f"page_size must be at most {self.settings.max_page_size} (got {size})", field="page_size"
@@ -136,7 +126,7 @@ class EventStoreService:
         return ReadPage(result, number, size)
 
     async def get_event(self, stream_id: str, sequence: int) -> EventEnvelope:
-        _int_at_least(sequence, "sequence", 1)
+        validate_version_bound(sequence, "sequence", 1)
         event = await self.store.get_event(StreamId.parse(stream_id), sequence)
         self.metrics.reads.labels("event").inc()
         return event
@@ -148,8 +138,8 @@ class EventStoreService:
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
     ) -> tuple[list[EventEnvelope], int]:
-        _int_at_least(after_sequence, "after_sequence", 0)
-        count = READ_ALL_DEFAULT if not limit else _int_at_least(limit, "limit", 1)
+        validate_version_bound(after_sequence, "after_sequence", 0)
+        count = READ_ALL_DEFAULT if not limit else validate_version_bound(limit, "limit", 1)
         if count > READ_ALL_MAX:
             raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
         head = await self.store.head_sequence()
@@ -160,7 +150,7 @@ class EventStoreService:
         return events, head
 
     async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
-        _int_at_least(version, "snapshot_version", 1)
+        validate_version_bound(version, "snapshot_version", 1)
         snap = await self.snapshots.save(StreamId.parse(stream_id), version, state, aggregate_type or None)
         self.metrics.snapshots_created.inc()
         return snap

@@ -36,8 +36,8 @@ from .._model import (
     StreamPage,
     encode_json,
     envelope_from_prepared,
-    validate_filters,
     validate_name,
+    validate_read_all,
     validate_version_bound,
 )
 from ..schema import append_lock_key, quote_ident
@@ -309,12 +309,9 @@ class PostgresEventStore(_PoolOwner, EventStore):
         event_types: Sequence[str] = (),
         until_sequence: int | None = None,
     ) -> list[EventEnvelope]:
-        validate_version_bound(after_sequence, "after_sequence")
-        if until_sequence is not None:
-            validate_version_bound(until_sequence, "until_sequence")
-        validate_version_bound(limit, "limit", 1)
-        stream_prefixes = validate_filters(stream_prefixes, "stream_prefixes")
-        event_types = validate_filters(event_types, "event_types", MAX_EVENT_TYPE_LENGTH)
+        stream_prefixes, event_types = validate_read_all(
+            after_sequence, limit, stream_prefixes, event_types, until_sequence
+        )
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE sequence > $1"

@@ -44,36 +44,21 @@ from .._model import (
     StreamId,
     StreamPage,
     encode_json,
+    validate_read_all,
     validate_version_bound,
 )
+from .._pbconv import metadata_from_pb, metadata_to_pb
 from .._proto import event_store_pb2 as pb
 from .._proto import event_store_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-_TYPED: tuple[Literal["actor_id", "correlation_id", "causation_id"], ...] = (
-    "actor_id", "correlation_id", "causation_id",
-)
 _PAGE = 200
 
 
 def _time(value: str) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
-
-
-def _metadata_to_pb(metadata: dict[str, Any]) -> pb.EventMetadata:
-    typed = {k: v for k, v in metadata.items() if k in _TYPED and isinstance(v, str)}
-    extra = {k: v for k, v in metadata.items() if k not in typed}
-    return pb.EventMetadata(**typed, extra_json=json.dumps(extra, ensure_ascii=False).encode() if extra else b"")
-
-
-def _metadata_from_pb(m: pb.EventMetadata) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(m.extra_json) if m.extra_json else {}
-    for key in _TYPED:
-        if m.HasField(key):
-            out[key] = getattr(m, key)
-    return out
 
 
 def _envelope(e: pb.StoredEvent, cache: dict[str, StreamId]) -> EventEnvelope:
@@ -83,7 +68,7 @@ def _envelope(e: pb.StoredEvent, cache: dict[str, StreamId]) -> EventEnvelope:
     return EventEnvelope(
         event_type=e.event_type,
         payload=json.loads(e.payload_json),
-        metadata=_metadata_from_pb(e.metadata),
+        metadata=metadata_from_pb(e.metadata),
         stream_id=sid,
         event_id=uuid.UUID(e.event_id) if e.event_id else None,
         occurred_at=_time(e.occurred_at),
@@ -197,7 +182,7 @@ class GrpcEventStore(_Client, EventStore):
                 pb.EventData(
                     event_type=p.event_type,
                     payload_json=p.payload_json.encode(),
-                    metadata=_metadata_to_pb(p.metadata),
+                    metadata=metadata_to_pb(p.metadata),
                     event_id=str(p.event_id),  # always sent: makes the retry below idempotent
                     occurred_at=p.occurred_at.isoformat(),
                 )
@@ -298,8 +283,9 @@ class GrpcEventStore(_Client, EventStore):
         event_types: Sequence[str] = (),
         until_sequence: int | None = None,
     ) -> list[EventEnvelope]:
-        validate_version_bound(after_sequence, "after_sequence")
-        validate_version_bound(limit, "limit", 1)
+        stream_prefixes, event_types = validate_read_all(
+            after_sequence, limit, stream_prefixes, event_types, until_sequence
+        )
         out: list[EventEnvelope] = []
         cache: dict[str, StreamId] = {}
         position = after_sequence
@@ -356,24 +342,16 @@ class GrpcEventStore(_Client, EventStore):
     ) -> AsyncIterator[EventEnvelope]:
         """Events in global order, catch-up then live. A dropped connection is re-established and the
         subscription resumes right after the last event delivered, so none is missed or repeated."""
-        position, fresh = after_sequence, from_end
-        cache: dict[str, StreamId] = {}
-        while True:
-            request = pb.SubscribeToAllRequest(after_sequence=position, stream_prefixes=list(stream_prefixes),
-                                               event_types=list(event_types), from_end=fresh)
-            call = self._stub.SubscribeToAll(request, metadata=self._metadata())
-            try:
-                async for note in call:
-                    fresh = False
-                    position = note.event.sequence
-                    yield _envelope(note.event, cache)
-                return
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE:
-                    raise decode_error(exc) from None
-                await asyncio.sleep(reconnect_delay)  # back off, then resume from `position`
-            finally:
-                call.cancel()
+
+        def request(position: int, fresh: bool) -> Any:
+            return self._stub.SubscribeToAll(
+                pb.SubscribeToAllRequest(after_sequence=position, stream_prefixes=list(stream_prefixes),
+                                         event_types=list(event_types), from_end=fresh),
+                metadata=self._metadata(),
+            )
+
+        async for event in self._resuming(request, after_sequence, from_end, "sequence", "", reconnect_delay):
+            yield event
 
     async def subscribe_to_stream(
         self, stream_id: StreamId | str, after_version: int = 0, *, from_end: bool = False,
@@ -381,21 +359,34 @@ class GrpcEventStore(_Client, EventStore):
     ) -> AsyncIterator[EventEnvelope]:
         """One stream in version order, catch-up then live, resuming after a dropped connection."""
         sid = StreamId.of(stream_id)
-        version, fresh = after_version, from_end
-        cache = {str(sid): sid}
+
+        def request(position: int, fresh: bool) -> Any:
+            return self._stub.SubscribeToStream(
+                pb.SubscribeToStreamRequest(stream_id=str(sid), after_version=position, from_end=fresh),
+                metadata=self._metadata(),
+            )
+
+        async for event in self._resuming(request, after_version, from_end, "version", str(sid), reconnect_delay):
+            yield event
+
+    async def _resuming(
+        self, request: Callable[[int, bool], Any], position: int, from_end: bool,
+        key: Literal["sequence", "version"], stream_id: str, reconnect_delay: float,
+    ) -> AsyncIterator[EventEnvelope]:
+        fresh = from_end
+        cache: dict[str, StreamId] = {}
         while True:
-            request = pb.SubscribeToStreamRequest(stream_id=str(sid), after_version=version, from_end=fresh)
-            call = self._stub.SubscribeToStream(request, metadata=self._metadata())
+            call = request(position, fresh)
             try:
                 async for note in call:
                     fresh = False
-                    version = note.event.version
+                    position = getattr(note.event, key)
                     yield _envelope(note.event, cache)
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRYABLE:
-                    raise decode_error(exc, str(sid)) from None
-                await asyncio.sleep(reconnect_delay)
+                    raise decode_error(exc, stream_id) from None
+                await asyncio.sleep(reconnect_delay)  # back off, then resume from `position`
             finally:
                 call.cancel()
 

@@ -1,0 +1,42 @@
+"""Event metadata <-> protobuf, shared by the sidecar's gRPC edge and the gRPC client store.
+
+The three standard keys travel as typed fields when they are strings; every other key (and a
+standard key whose value is not a string, such as ``null``) travels in ``extra_json``, so
+metadata round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from ._errors import ValidationError
+from ._proto import event_store_pb2 as pb
+
+TYPED_KEYS: tuple[Literal["actor_id", "correlation_id", "causation_id"], ...] = (
+    "actor_id", "correlation_id", "causation_id",
+)
+
+
+def metadata_to_pb(metadata: dict[str, Any]) -> pb.EventMetadata:
+    typed = {k: v for k, v in metadata.items() if k in TYPED_KEYS and isinstance(v, str)}
+    extra = {k: v for k, v in metadata.items() if k not in typed}
+    return pb.EventMetadata(**typed, extra_json=json.dumps(extra, ensure_ascii=False).encode() if extra else b"")
+
+
+def metadata_from_pb(m: pb.EventMetadata, field: str = "metadata") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m.extra_json:
+        try:
+            extra = json.loads(m.extra_json.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValidationError(
+                f"{field}.extra_json is not valid UTF-8 JSON: {exc}", field=f"{field}.extra_json"
+            ) from None
+        if not isinstance(extra, dict):
+            raise ValidationError(f"{field}.extra_json must be a JSON object", field=f"{field}.extra_json")
+        out.update(extra)
+    for key in TYPED_KEYS:
+        if m.HasField(key):
+            out[key] = getattr(m, key)
+    return out
