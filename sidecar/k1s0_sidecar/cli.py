@@ -86,6 +86,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import logging
+
+    from .config import ConfigError
+
+    if not args.all_namespaces and not args.namespace:
+        print("error: give --namespace NAME (repeatable) or --all-namespaces", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from k1s0_operator.main import run
+
+    try:
+        run(namespaces=args.namespace, clusterwide=args.all_namespaces, config_path=args.config)
+    except ConfigError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _not_built(issue: int) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         print(f"k1s0-eventstore {args.command}: not built yet (issue #{issue})", file=sys.stderr)
@@ -116,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator and its admission webhook")
-    p.set_defaults(handler=_not_built(8))
+    p.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    p.add_argument("--all-namespaces", action="store_true", help="watch EventStreams in every namespace")
+    p.add_argument("--config", help="config.yaml (seed 000 layout); EVENTSTORE_* variables override it")
+    p.set_defaults(handler=_cmd_operator)
     return parser
 
 

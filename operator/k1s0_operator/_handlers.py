@@ -1,0 +1,75 @@
+"""Kopf handlers for EventStream; registered in Kopf's default registry when this module is imported.
+
+Every path that changes the world runs ``_reconcile.reconcile`` (idempotent): create, resume
+(operator restart), update, and a timer that re-checks each EventStream for drift. A resource
+annotated ``eventstore.k1s0.io/paused: "true"`` is left alone by all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from . import _reconcile
+from ._runtime import Runtime, drift_interval
+from ._spec import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION
+
+FINALIZER = f"{GROUP}/finalizer"
+RESOURCE = (GROUP, VERSION, PLURAL)
+
+
+def _paused(annotations: Mapping[str, str], **_: Any) -> bool:
+    return str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
+
+
+def _active(annotations: Mapping[str, str], **_: Any) -> bool:
+    return not _paused(annotations)
+
+
+def _runtime(memo: kopf.Memo) -> Runtime:
+    runtime = memo.get("runtime")
+    if not isinstance(runtime, Runtime):  # pragma: no cover - run() always sets it
+        raise kopf.PermanentError("the operator was started without its runtime (use k1s0_operator.run)")
+    return runtime
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Kopf's own bookkeeping goes to annotations under our group, so the status holds only ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = FINALIZER
+    # Kubernetes events from our own kopf.info()/kopf.warn() calls, not from every log line.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+@kopf.on.resume(*RESOURCE, when=_active)
+@kopf.on.create(*RESOURCE, when=_active)
+@kopf.on.update(*RESOURCE, when=_active)
+async def reconcile(
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any
+) -> None:
+    await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=retry)
+
+
+@kopf.timer(*RESOURCE, interval=drift_interval(), initial_delay=drift_interval(), when=_active)
+async def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=0)
+
+
+@kopf.on.resume(*RESOURCE, when=_paused)
+@kopf.on.create(*RESOURCE, when=_paused)
+@kopf.on.update(*RESOURCE, when=_paused)
+def report_paused(status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    if status.get("phase") != "Paused":
+        patch.status["phase"] = "Paused"
+
+
+@kopf.on.delete(*RESOURCE, when=_active)
+async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    await _reconcile.delete(body=body, runtime=_runtime(memo), retry=retry)

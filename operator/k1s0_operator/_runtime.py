@@ -1,0 +1,68 @@
+"""What every handler needs from the process: admin connections and the sidecar defaults.
+
+Built once by ``run()`` and handed to handlers through Kopf's ``memo``. It holds connection
+settings, never per-resource state (that lives in each EventStream's status).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from k1s0_sidecar.config import Config, ConfigError, load_config
+
+from ._resources import Kube
+
+#: Seconds between drift checks of one EventStream (read when the handlers are registered).
+DRIFT_INTERVAL_ENV = "EVENTSTORE_OPERATOR_DRIFT_INTERVAL_SECONDS"
+#: First retry delay after PostgreSQL/Kafka/API failures; doubles per retry up to BACKOFF_MAX.
+BACKOFF_BASE_ENV = "EVENTSTORE_OPERATOR_BACKOFF_SECONDS"
+BACKOFF_MAX = 300.0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    kube: Kube
+    backoff_base: float = 5.0
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.config.database.url
+
+    @property
+    def brokers(self) -> list[str]:
+        return list(self.config.kafka.brokers)
+
+    def backoff(self, retry: int) -> float:
+        return float(min(BACKOFF_MAX, self.backoff_base * (2 ** min(retry, 16))))
+
+
+def load_operator_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """The operator's configuration through the sidecar's loader (the same keys and variables).
+
+    ``database.url`` is the shared PostgreSQL's admin DSN and is required. The ``auth`` section is
+    copied into every sidecar's ``config.yaml``, so it must be valid for the sidecars: set
+    ``EVENTSTORE_AUTH_JWKS_URL`` (production) or ``EVENTSTORE_AUTH_MODE=none`` (development).
+    """
+    config = load_config(path, env)
+    if not config.database.url:
+        raise ConfigError("database.url: the admin DSN of the shared PostgreSQL is required (EVENTSTORE_DATABASE_URL)")
+    return config
+
+
+def drift_interval(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    try:
+        return max(1.0, float(env.get(DRIFT_INTERVAL_ENV, "60")))
+    except ValueError:
+        return 60.0
+
+
+def backoff_base(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    try:
+        return max(0.1, float(env.get(BACKOFF_BASE_ENV, "5")))
+    except ValueError:
+        return 5.0
