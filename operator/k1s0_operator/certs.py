@@ -234,14 +234,16 @@ class CertFiles:
     """The PEM files Kopf's server reads: ``<directory>/current/{tls.crt,tls.key,ca-bundle.crt}``.
 
     ``current`` is a symbolic link swapped atomically to a freshly written folder, so a reader
-    never sees a new certificate with an old key.
+    never sees a new certificate with an old key. ``mounted=True`` reads a Secret mounted as a
+    folder instead (cert-manager's ``tls.crt``, ``tls.key``, ``ca.crt``), which is never written.
     """
 
     directory: Path
+    mounted: bool = False
 
     @property
     def current(self) -> Path:
-        return self.directory / "current"
+        return self.directory if self.mounted else self.directory / "current"
 
     @property
     def certfile(self) -> Path:
@@ -253,6 +255,9 @@ class CertFiles:
 
     @property
     def cafile(self) -> Path:
+        if self.mounted:
+            ca = self.directory / CA_CRT
+            return ca if ca.exists() else self.directory / TLS_CRT
         return self.current / CA_BUNDLE
 
     def read(self) -> tuple[str, str, str] | None:
@@ -263,6 +268,8 @@ class CertFiles:
 
     def write(self, bundle: CertBundle) -> bool:
         """Write the serving files; False if they were already these."""
+        if self.mounted:
+            raise ValueError(f"{self.directory} is a mounted Secret; it is not written by the operator")
         if self.read() == (bundle.cert, bundle.key, bundle.ca_bundle):
             return False
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
