@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from k1s0_event_store import UnauthenticatedError, ValidationError
+from k1s0_event_store import PermissionDeniedError, UnauthenticatedError, ValidationError
 
 from . import wire
 from .authz import Authenticator, Principal, Role, check
@@ -146,6 +146,9 @@ class RestApi:
         started = time.perf_counter()
         try:
             key = f"{request.method} {route}"
+            if resource is not None and key not in self._roles:
+                # fail closed, like the gRPC interceptor: a route added without a rule is refused
+                raise PermissionDeniedError(f"no authorisation rule for {key}")
             if key in self._roles:
                 required = self._roles[key]
                 if required is not None:
