@@ -7,6 +7,7 @@ Every append runs the shared decision (``_batch.plan``) under the schema's appen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -129,13 +130,13 @@ class PostgresEventStore(_PoolOwner, EventStore):
         s = self._s
         self._sql_versions = f"SELECT id, current_version FROM {s}.event_streams WHERE id = ANY($1::text[])"
         self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1::uuid[])"
-        self._sql_upsert_streams = (
-            f"INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
-            " ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW()"
-        )
-        self._sql_insert_events = (
-            f"INSERT INTO {s}.events (event_id, stream_id, version, event_type, payload, metadata, occurred_at)"
+        # One statement writes the stream rows and the events. The foreign-key check on events runs
+        # at the end of the statement, so it sees the stream rows the CTE inserted.
+        self._sql_write = (
+            f"WITH streams AS (INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)"
+            " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])"
+            " ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW())"
+            f" INSERT INTO {s}.events (event_id, stream_id, version, event_type, payload, metadata, occurred_at)"
             " SELECT e, sid, v, t, p::jsonb, m::jsonb, o FROM unnest("
             "$1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])"
             " AS u(e, sid, v, t, p, m, o)"
@@ -165,17 +166,29 @@ class PostgresEventStore(_PoolOwner, EventStore):
         if not requests:
             return []
         if connection is not None:
+            key = await self._append_lock_key(connection)
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", key)
             return await self._append_in(connection, requests)
-        async with self.connection() as conn, conn.transaction():
-            return await self._append_in(conn, requests)
+        async with self.connection() as conn:
+            key = await self._append_lock_key(conn)
+            # One round trip opens the transaction and takes the lock (simple-query protocol; the key
+            # is an integer we computed). The lock must come before the reads in _append_in: under
+            # READ COMMITTED each statement sees what had committed when it started.
+            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(key)})")
+            try:
+                results = await self._append_in(conn, requests)
+            except BaseException:
+                if not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+            return results
 
     async def _append_in(
         self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | EventStoreError]:
-        key = await self._append_lock_key(conn)
-        # The lock must be taken in its own statement, before the reads below: under READ
-        # COMMITTED each statement sees what had committed when it started.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+        """Decide and write, inside a transaction that already holds the append lock."""
         streams = list({str(r.stream_id) for r in requests})
         versions = {r["id"]: r["current_version"] for r in await conn.fetch(self._sql_versions, streams)}
         given = [p.event_id for r in requests for p in r.events if p.id_given]
@@ -202,13 +215,10 @@ class PostgresEventStore(_PoolOwner, EventStore):
                         strict=True,
                     ):
                         col.append(value)
-            await conn.execute(
-                self._sql_upsert_streams,
-                list(final),
-                [v[0] for v in final.values()],
-                [v[1] for v in final.values()],
+            rows = await conn.fetch(
+                self._sql_write, *cols, list(final), [v[0] for v in final.values()], [v[1] for v in final.values()]
             )
-            for row in await conn.fetch(self._sql_insert_events, *cols):
+            for row in rows:
                 inserted[row["event_id"]] = (row["sequence"], row["stored_at"])
 
         results: list[AppendResult | EventStoreError] = []
