@@ -173,8 +173,10 @@ async def admit(
     side_effects=False,
 )
 async def inject_sidecar(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str | None, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str | None, operation: str | None, **_: Any
 ) -> None:
+    if operation != "CREATE":  # Kopf dispatches by handler id, not by the configured operations
+        return
     lookup: StreamLookup | None = memo.get("stream_lookup")
     settings: InjectionSettings | None = memo.get("injection_settings")
     if lookup is None or settings is None:  # pragma: no cover - the startup handler sets both
