@@ -79,6 +79,8 @@ class WebhookSettings:
     configuration: str = ""
     #: How often the self-signed certificates are checked for renewal.
     rotation_check_seconds: float = 3600.0
+    #: How often Kopf's server re-reads the certificate files (and restarts its listener on change).
+    file_check_seconds: float = 30.0
     extra_names: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -330,7 +332,7 @@ def build_server(settings: WebhookSettings, files: certs.CertFiles | None) -> ko
         certfile=str(files.certfile),
         pkeyfile=str(files.keyfile),
         cafile=str(files.cafile),
-        file_check_interval=30,
+        file_check_interval=settings.file_check_seconds,
     )
 
 
