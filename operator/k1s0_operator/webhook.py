@@ -175,9 +175,9 @@ async def admit(
     side_effects=False,
 )
 async def inject_sidecar(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str | None, operation: str | None, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str | None, **kwargs: Any
 ) -> None:
-    if operation != "CREATE":  # Kopf dispatches by handler id, not by the configured operations
+    if kwargs.get("operation") != "CREATE":  # Kopf dispatches by handler id, not by the configured operations
         return
     lookup: StreamLookup | None = memo.get("stream_lookup")
     settings: InjectionSettings | None = memo.get("injection_settings")
