@@ -38,6 +38,8 @@ _RESERVED = frozenset({"public", "information_schema"})
 #: Advisory-lock namespaces (the first key of the two-key form). "k1s0" and "k1s1" in ASCII.
 APPEND_LOCK_NAMESPACE = 0x6B317330
 MIGRATE_LOCK_NAMESPACE = 0x6B317331
+#: The Kafka forwarder's session-level lock (one active forwarder per schema): "k1s2".
+FORWARDER_LOCK_NAMESPACE = 0x6B317332
 
 
 def validate_identifier(name: object, what: str = "identifier") -> str:
@@ -193,6 +195,24 @@ $$;
 REVOKE ALL ON FUNCTION {s}.delete_stream(TEXT) FROM PUBLIC;
 """,
     ),
+    Migration(
+        3,
+        "Kafka forwarder checkpoint (one row per schema)",
+        """
+-- The outbox relay's position: every event with sequence <= position was acknowledged by Kafka.
+-- Only the forwarder holding the schema's advisory lock (see forwarder_lock_key) writes it, on the
+-- connection that holds the lock. holder/epoch/acquired_at say who is active and since when.
+CREATE TABLE {s}.forwarder_checkpoint (
+    id          BOOLEAN     NOT NULL PRIMARY KEY DEFAULT TRUE CHECK (id),
+    position    BIGINT      NOT NULL DEFAULT 0 CHECK (position >= 0),
+    holder      TEXT,
+    epoch       BIGINT      NOT NULL DEFAULT 0,
+    acquired_at TIMESTAMPTZ,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+INSERT INTO {s}.forwarder_checkpoint (id) VALUES (TRUE);
+""",
+    ),
 )
 
 #: LISTEN channels (payloads: the schema name; ``schema/stream_id`` for deletions).
@@ -258,6 +278,7 @@ def app_role_grants(schema: str, role: str) -> list[str]:
         f"GRANT SELECT ON {s}.schema_migrations TO {r}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
         f"GRANT EXECUTE ON FUNCTION {s}.delete_stream(TEXT) TO {r}",
+        f"GRANT SELECT, UPDATE ON {s}.forwarder_checkpoint TO {r}",
     ]
 
 
@@ -269,6 +290,11 @@ async def drop_schema(conn: Any, schema: str) -> None:
 def append_lock_key(schema_oid: int) -> int:
     """The 64-bit advisory-lock key private to one schema (namespace << 32 | the schema's OID)."""
     return (APPEND_LOCK_NAMESPACE << 32) | (schema_oid & 0xFFFFFFFF)
+
+
+def forwarder_lock_key(schema_oid: int) -> int:
+    """The session-level advisory-lock key whose holder is the schema's one active Kafka forwarder."""
+    return (FORWARDER_LOCK_NAMESPACE << 32) | (schema_oid & 0xFFFFFFFF)
 
 
 
