@@ -431,3 +431,43 @@ async def test_grpc_health_is_open(served: ServedSidecar) -> None:
     async with grpc.aio.insecure_channel(served.grpc_target) as channel:
         resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- the library's gRPC client with a token source --------------------------------------------------
+
+
+async def test_grpc_client_sends_tokens_and_raises_library_errors(
+    served: ServedSidecar, keys: dict[str, SigningKey]
+) -> None:
+    from k1s0_event_store import (
+        EventEnvelope,
+        GrpcEventStore,
+        PermissionDeniedError,
+        UnauthenticatedError,
+    )
+
+    stream = f"client-{uuid.uuid4().hex[:12]}"
+    caller = {"name": "anonymous"}
+    issued: list[str] = []
+
+    def token() -> str:
+        value = token_for(keys, caller["name"])
+        issued.append(caller["name"])
+        return value.removeprefix("Bearer ") if value else ""
+
+    client = GrpcEventStore(served.grpc_target, token=token, retries=0)
+    try:
+        with pytest.raises(UnauthenticatedError):
+            await client.read_stream(stream)
+        caller["name"] = "auditor"
+        with pytest.raises(PermissionDeniedError):
+            await client.append(stream, [EventEnvelope(event_type="A", payload={})])
+        caller["name"] = "operator"
+        assert await client.append(stream, [EventEnvelope(event_type="A", payload={})]) == 1
+        caller["name"] = "auditor"
+        page = await client.read_stream(stream)
+        assert [e.metadata["actor_id"] for e in page.events] == ["operator-1"]
+        assert page.events[0].metadata["authenticated_subject"] == "operator-1"
+        assert {"anonymous", "auditor", "operator"} <= set(issued)  # the source is asked per call
+    finally:
+        await client.close()
