@@ -145,6 +145,14 @@ class SubscriptionHub:
             try:
                 if self._listener is None:
                     await self._listen()
+                if not self._subscribers:
+                    # Nobody live: follow the head without reading the events. Registration is
+                    # synchronous, so if someone registered during the await we fall through and
+                    # read from the old head for them instead of jumping over their events.
+                    head = await self.store.head_sequence()
+                    if not self._subscribers:
+                        self.head = max(self.head, head)
+                        continue
                 while True:
                     events = await self.store.read_all(self.head, 1000)
                     for event in events:

@@ -54,6 +54,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=lambda v: v, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook. asyncpg's default sends RESET ALL/UNLISTEN/unlock on every release, one more
+    round trip per operation; the stores keep no session state (no SET, LISTEN, cursors or session
+    locks), and asyncpg itself still rolls back a transaction left open before calling this."""
+
+
 async def create_pool(config: EventStoreConfig) -> asyncpg.Pool:
     """A pool configured the way the stores expect (jsonb decoded, timeouts from the config)."""
     try:
@@ -63,6 +69,7 @@ async def create_pool(config: EventStoreConfig) -> asyncpg.Pool:
             max_size=config.max_connections,
             timeout=config.connect_timeout_seconds,
             init=_init_connection,
+            reset=_keep_session,
         )
     except _CONNECTION_ERRORS as exc:
         raise UnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
