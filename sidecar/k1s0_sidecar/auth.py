@@ -112,10 +112,8 @@ class JwksCache:
             return found
         named = f"key id {kid!r}" if kid is not None else "a token without a key id (kid)"
         if self._last_error is not None:
-            raise UnavailableError(
-                f"the signing keys cannot be fetched from {self.url} ({self._last_error}) and {named} is not cached; "
-                "retry later"
-            )
+            # the key server's address and the failure are in the log, not in the answer to the caller
+            raise UnavailableError(f"the key server cannot be reached and {named} is not cached; retry later")
         if kid is None:
             raise UnauthenticatedError("the token names no key id (kid) and the key set has no single matching key")
         raise UnauthenticatedError(f"the token is signed by an unknown key ({named}, {algorithm})")

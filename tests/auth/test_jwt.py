@@ -407,7 +407,8 @@ async def test_jwks_down_cached_keys_keep_working_new_kid_fails_closed(
     with pytest.raises(UnavailableError) as info:
         await authn.authenticate(new_token)
     assert info.value.code == "SYS_EVSTORE_UNAVAILABLE"
-    assert "rsa-after-outage" in info.value.message and jwks.url in info.value.message
+    assert "rsa-after-outage" in info.value.message and "key server" in info.value.message
+    assert str(jwks.port) not in info.value.message  # internal addresses stay in the log
     # within the rate limit it stays closed without hammering the key server
     with pytest.raises(UnavailableError):
         await authn.authenticate(new_token)
@@ -424,7 +425,7 @@ async def test_jwks_down_from_the_start(jwks: JwksServer, clock: Clock, rsa_key:
     await jwks.stop()
     authn = JwtAuthenticator(section(jwks), clock=clock)
     try:
-        with pytest.raises(UnavailableError, match="cannot be fetched"):
+        with pytest.raises(UnavailableError, match="cannot be reached"):
             await authn.authenticate(bearer(rsa_key.sign(claims(roles=["sys_auditor"]))))
         await jwks.start()
         with pytest.raises(UnavailableError):  # rate limited: not retried yet
