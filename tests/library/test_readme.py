@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -21,9 +22,14 @@ async def test_readme_python_example_runs(pg_dsn: str) -> None:
     assert migrate is not None and migrate.group(1) == "postgresql://postgres@localhost/postgres"
     schema = migrate.group(2)
     try:
-        subprocess.run([sys.executable, "-m", "k1s0_sidecar.cli", "migrate", "--database-url", pg_dsn,
-                        "--schema", schema], check=True, capture_output=True, timeout=60)
-        result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60)
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "k1s0_sidecar.cli", "migrate", "--database-url", pg_dsn, "--schema", schema],
+            check=True, capture_output=True, timeout=60,
+        )
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", source], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "1 ['OrderPlaced']"
     finally:
