@@ -88,8 +88,6 @@ class JwksCache:
         self.max_age_seconds = max_age_seconds
         self.timeout_seconds = timeout_seconds
         self.clock = clock
-        #: How many fetches were attempted (tests and logs).
-        self.fetches = 0
         self._keys: _KeySet | None = None
         self._last_attempt: float | None = None
         self._last_error: str | None = None
@@ -110,7 +108,7 @@ class JwksCache:
         found = self._lookup(self._keys, kid, algorithm)
         if found is not None:
             return found
-        named = f"key id {kid!r}" if kid is not None else "a token without a key id (kid)"
+        named = f"key id {kid[:64]!r}" if kid is not None else "a token without a key id (kid)"
         if self._last_error is not None:
             # the key server's address and the failure are in the log, not in the answer to the caller
             raise UnavailableError(f"the key server cannot be reached and {named} is not cached; retry later")
@@ -129,7 +127,7 @@ class JwksCache:
             if key.algorithm_name == algorithm:
                 return key
         if candidates:  # a key we know, used with the wrong algorithm: no refetch will change that
-            raise UnauthenticatedError(f"the token's algorithm {algorithm} does not match its key ({kid!r})")
+            raise UnauthenticatedError(f"the token's algorithm {algorithm} does not match its key ({kid[:64]!r})")
         return None
 
     async def _refetch(self) -> None:
@@ -156,7 +154,6 @@ class JwksCache:
         return task
 
     async def _fetch(self) -> None:
-        self.fetches += 1
         try:
             keys = await self._download()
         except _FetchError as exc:
