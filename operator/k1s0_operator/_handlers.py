@@ -7,13 +7,13 @@ annotated ``eventstore.k1s0.io/paused: "true"`` is left alone by all of them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from . import _reconcile
+from ._login import connection_info
 from ._runtime import Runtime, drift_interval
 from ._spec import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION
 
@@ -42,10 +42,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = FINALIZER
-    # Kubernetes events from our own kopf.info()/kopf.warn() calls, not from every log line.
-    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    return connection_info(settings)
 
 
 @kopf.on.resume(*RESOURCE, when=_active)

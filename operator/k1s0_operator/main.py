@@ -12,23 +12,14 @@ import threading
 from collections.abc import Sequence
 
 import kopf
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-
 from . import _handlers  # noqa: F401 - registers the EventStream handlers
+from ._login import kubernetes_client
 from ._resources import Kube
 from ._runtime import Runtime, backoff_base, load_operator_config
 
 logger = logging.getLogger("k1s0_operator")
 
-
-def kubernetes_client() -> k8s.ApiClient:
-    """In-cluster credentials if present, else KUBECONFIG (as Kopf's own login does)."""
-    try:
-        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
+__all__ = ["Kube", "Runtime", "build_runtime", "kubernetes_client", "operate", "run"]
 
 
 def build_runtime(config_path: str | None = None) -> Runtime:
