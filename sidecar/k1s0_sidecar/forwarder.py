@@ -56,6 +56,7 @@ from ._publisher import (
     describe,
 )
 from .config import KafkaSection
+from .openapi import EXTRA_PATHS
 
 log = logging.getLogger("k1s0_sidecar.forwarder")
 
@@ -493,6 +494,38 @@ class Forwarder:
             headers=headers,
             sequence=row["sequence"],
         )
+
+
+STATUS_PATH = "/api/v1/forwarder/status"
+
+EXTRA_PATHS[STATUS_PATH] = {
+    "get": {
+        "operationId": "forwarderStatus",
+        "summary": "The Kafka forwarder of this sidecar: active/standby, checkpoint, lag, last error. Open.",
+        "responses": {
+            "200": {
+                "description": "Status (``enabled: false`` when kafka.brokers is empty)",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["enabled", "state"],
+                            "properties": {
+                                "enabled": {"type": "boolean"},
+                                "state": {"enum": ["disabled", "starting", "active", "standby", "stopped"]},
+                                "checkpoint": {"type": ["integer", "null"]},
+                                "lag_events": {"type": ["integer", "null"]},
+                                "lag_seconds": {"type": ["number", "null"]},
+                                "last_error": {"type": ["string", "null"]},
+                                "missing_topics": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    }
+}
 
 
 def disabled_status() -> dict[str, Any]:

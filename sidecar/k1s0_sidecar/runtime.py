@@ -31,10 +31,12 @@ from k1s0_event_store.schema import migrate
 
 from .authz import Authenticator, NoAuthenticator
 from .config import Config
+from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
+from .forwarder import Forwarder, disabled_status
 from .group_commit import GroupCommitter
 from .grpc_api import SERVICE_NAME, EdgeInterceptor, EventStoreServicer
 from .metrics import Metrics
-from .rest import RestApi
+from .rest import RestApi, Route
 from .service import EventStoreService
 from .subscriptions import SubscriptionHub
 
@@ -215,6 +217,21 @@ class Sidecar:
 
     def _extend(self) -> None:
         """Hook for optional parts (subscriptions, forwarder) to add routes and components."""
+        # The Kafka forwarder (issue #6): on when kafka.brokers is set; its status route is open
+        # like /healthz so that probes and people can see active/standby, lag and the last error.
+        self.forwarder: Forwarder | None = None
+        if self.config.kafka.brokers:
+            self.forwarder = Forwarder(
+                self.dsn, self.config.database.schema, self.config.kafka, registry=self.metrics.registry
+            )
+            self.components.append(self.forwarder)
+        self.rest.extra_routes.append(
+            Route("GET", FORWARDER_STATUS_PATH, self._forwarder_status, None, "forwarder_status")
+        )
+
+    async def _forwarder_status(self, _request: web.Request) -> web.Response:
+        body = self.forwarder.status() if self.forwarder is not None else disabled_status()
+        return web.json_response(body)
 
     async def _start_rest(self) -> None:
         self._runner = web.AppRunner(

@@ -178,6 +178,7 @@ REST_CASES: dict[str, RestCase] = {
     "health_ready": RestCase("GET", "/health/ready", None),
     "metrics": RestCase("GET", "/metrics", None),
     "openapi": RestCase("GET", "/openapi.json", None),
+    "forwarder_status": RestCase("GET", "/api/v1/forwarder/status", None),
 }
 
 
