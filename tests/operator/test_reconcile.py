@@ -177,3 +177,135 @@ async def test_create_provisions_schema_role_secret_configmap_topic(
         return reasons if expected <= reasons else None
 
     await eventually(posted, 10, "the events of each action")
+
+
+async def test_partitions_grow_is_reported_when_the_broker_cannot_and_shrink_is_refused(
+    api: ApiServer, operator: RunningOperator, kafka: LocalKafka, namespace: str
+) -> None:
+    topic = f"{namespace}.grow.v1"
+    await api.put_object(EVS, namespace, event_stream("grow", namespace, {"kafka": {"topic": topic, "partitions": 2}}))
+    await ready(api, namespace, "grow")
+
+    # Up: the operator asks for CreatePartitions; Tansu does not implement it (IncompatibleBrokerVersion),
+    # and the TopicReady condition says so, naming the partitions, instead of pretending.
+    await api.patch_object(EVS, namespace, "grow", {"spec": {"kafka": {"partitions": 4}}})
+    obj = await with_condition(api, namespace, "grow", "TopicReady", "PartitionIncreaseUnsupported")
+    topic_ready = condition(obj, "TopicReady")
+    assert topic_ready["status"] == "False"
+    assert f"topic {topic} has 2 partitions; the spec asks for 4" in topic_ready["message"]
+    assert "CreatePartitions" in topic_ready["message"]
+    assert condition(obj, "Ready")["status"] == "False"
+    assert obj["status"]["phase"] == "Degraded"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
+    assert await topic_partitions(kafka, topic) == 2
+
+    # Down: refused in the status, never attempted.
+    await api.patch_object(EVS, namespace, "grow", {"spec": {"kafka": {"partitions": 1}}})
+    obj = await with_condition(api, namespace, "grow", "TopicReady", "PartitionShrinkRefused")
+    assert "has 2 partitions; the spec asks for 1, and partitions can only grow" in condition(obj, "TopicReady")["message"]
+    assert await topic_partitions(kafka, topic) == 2
+
+    # Back to what the topic has: Ready again, and the transition time of Ready moved.
+    await api.patch_object(EVS, namespace, "grow", {"spec": {"kafka": {"partitions": 2}}})
+    obj = await ready(api, namespace, "grow")
+    assert obj["status"]["observedGeneration"] == 4
+
+
+async def test_schema_rename_is_refused_and_the_old_schema_kept(
+    api: ApiServer, operator: RunningOperator, pg: LocalPostgres, namespace: str
+) -> None:
+    await api.put_object(EVS, namespace, event_stream("named", namespace, {"database": {"schema": f"{namespace}_one"}}))
+    await ready(api, namespace, "named")
+    await api.patch_object(EVS, namespace, "named", {"spec": {"database": {"schema": f"{namespace}_two"}}})
+    obj = await with_condition(api, namespace, "named", "Ready", "SchemaImmutable")
+    assert obj["status"]["phase"] == "Failed"
+    assert obj["status"]["schema"] == f"{namespace}_one"
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        names = {r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"{namespace}_%")}
+    finally:
+        await conn.close()
+    assert names == {f"{namespace}_one"}
+
+
+async def test_a_second_claim_on_a_schema_is_a_conflict_not_a_merge(
+    api: ApiServer, operator: RunningOperator, pg: LocalPostgres, namespace: str
+) -> None:
+    await api.put_object(EVS, namespace, event_stream("first", namespace))
+    first = await ready(api, namespace, "first")
+    schema = first["status"]["schema"]
+    await api.put_object(EVS, namespace, event_stream("second", namespace, {"database": {"schema": schema}}))
+    second = await with_condition(api, namespace, "second", "Ready", "Conflict")
+    ready_cond = condition(second, "Ready")
+    assert ready_cond["status"] == "False"
+    assert f"owned by EventStream {namespace}/first" in ready_cond["message"]
+    assert second["status"]["phase"] == "Failed"
+    assert "schema" not in second["status"]
+    # The second one got no credentials and the first is untouched.
+    assert api.obj(SECRETS, namespace, "second-eventstore-db") is None
+    assert condition(api.obj(EVS, namespace, "first"), "Ready")["status"] == "True"
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        comment = await conn.fetchval(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1", schema
+        )
+    finally:
+        await conn.close()
+    assert comment == f"k1s0-eventstream:{namespace}/first"
+
+
+async def test_an_invalid_spec_the_schema_lets_through_is_a_permanent_failure(
+    api: ApiServer, operator: RunningOperator, namespace: str
+) -> None:
+    # Matches the CRD's pattern, but pg_ names are reserved by PostgreSQL.
+    await api.put_object(EVS, namespace, event_stream("reserved", namespace, {"database": {"schema": "pg_events"}}))
+    obj = await with_condition(api, namespace, "reserved", "Ready", "InvalidSpec")
+    assert "reserved by PostgreSQL" in condition(obj, "Ready")["message"]
+    assert obj["status"]["phase"] == "Failed"
+
+
+async def test_the_api_server_refuses_bad_specs(api: ApiServer, namespace: str) -> None:
+    await api.create_namespace(namespace)
+    url = f"/apis/eventstore.k1s0.io/v1/namespaces/{namespace}/eventstreams"
+    bad_specs = [
+        {"kafka": {"partitions": 0}},
+        {"kafka": {"topic": "no spaces allowed"}},
+        {"database": {"schema": "Upper-Case"}},
+        {"deletionPolicy": "Keep"},
+        {"snapshots": {"interval": -1}},
+        {"limits": {"maxPageSize": "many"}},
+    ]
+    for spec in bad_specs:
+        async with api.post(url, json=event_stream("bad", namespace, spec)) as response:
+            body = await response.json()
+            assert response.status == 422, (spec, body)
+            assert body["reason"] == "Invalid"
+    async with api.post(url, json=event_stream("good", namespace, {"kafka": {"partitions": 5}})) as response:
+        assert response.status == 201
+        created = await response.json()
+    assert created["metadata"]["namespace"] == namespace
+    assert created["metadata"]["generation"] == 1 and created["metadata"]["uid"]
+    async with api.post(url, json=event_stream("good", namespace)) as response:
+        assert response.status == 409
+
+
+async def test_a_paused_event_stream_is_left_alone_until_resumed(
+    api: ApiServer, operator: RunningOperator, pg: LocalPostgres, namespace: str
+) -> None:
+    paused = {"eventstore.k1s0.io/paused": "true"}
+    await api.put_object(EVS, namespace, event_stream("held", namespace, annotations=paused))
+
+    async def phase_paused() -> bool:
+        obj = api.obj(EVS, namespace, "held")
+        return bool(obj and (obj.get("status") or {}).get("phase") == "Paused")
+
+    await eventually(phase_paused, 10, "phase Paused")
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        assert not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", f"{namespace}_held")
+    finally:
+        await conn.close()
+    assert api.obj(SECRETS, namespace, "held-eventstore-db") is None
+
+    await api.patch_object(EVS, namespace, "held", {"metadata": {"annotations": {"eventstore.k1s0.io/paused": None}}})
+    await ready(api, namespace, "held")
