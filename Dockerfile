@@ -22,9 +22,7 @@ RUN /opt/k1s0/bin/pip install -r /tmp/requirements.txt
 COPY sidecar/ sidecar/
 COPY operator/ operator/
 RUN /opt/k1s0/bin/pip install --no-deps . \
- && /opt/k1s0/bin/k1s0-eventstore version \
- && find /opt/k1s0 -name '*.pyi' -delete \
- && find /opt/k1s0 -depth -type d -name tests -path '*/site-packages/*/tests' -exec rm -rf {} +
+ && /opt/k1s0/bin/k1s0-eventstore version
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="k1s0-eventstore" \

@@ -1,0 +1,160 @@
+"""The image recipe, checked without a Docker engine (none runs here): the build context the
+.dockerignore allows is enough to build the package the Dockerfile installs, the runtime stage is
+non-root, and the exec probes the webhook injects work against a real HTTP server.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k1s0_operator.injection import InjectionSettings, StreamTarget, sidecar_container
+from tests.deploy.conftest import app_pod, eventstream
+from tests.deploy.tools import ROOT
+from tests.support.postgres import free_port
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def stages() -> list[list[str]]:
+    out: list[list[str]] = []
+    for line in DOCKERFILE.splitlines():
+        if line.startswith("FROM "):
+            out.append([])
+        if out and line and not line.startswith("#"):
+            out[-1].append(line)
+    return out
+
+
+def context_files() -> list[Path]:
+    """What `docker build .` sends, by the .dockerignore rules (later lines win, ! re-includes)."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [r.strip() for r in lines if r.strip() and not r.startswith("#")]
+    files = []
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT).as_posix()
+        if not path.is_file() or rel.startswith((".git/", ".venv/", ".tools/")):
+            continue
+        included = True
+        for rule in rules:
+            negate = rule.startswith("!")
+            pattern = rule.lstrip("!").rstrip("/")
+            parts = rel.split("/")
+            hit = any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern.replace("**/", "")) or
+                      fnmatch.fnmatch(part, pattern.replace("**/", "")) for i, part in enumerate(parts)) \
+                if pattern.startswith("**/") else \
+                any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) for i in range(len(parts)))
+            if hit:
+                included = negate
+        if included:
+            files.append(path)
+    return files
+
+
+def test_runtime_stage_is_small_and_non_root() -> None:
+    build, runtime = stages()
+    assert build[0].endswith("AS build") and runtime[0].endswith("AS runtime")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in DOCKERFILE
+    assert "COPY --from=build /opt/k1s0 /opt/k1s0" in runtime
+    assert not any(line.startswith("COPY") and "--from" not in line for line in runtime), "no sources at runtime"
+    [user] = [line for line in runtime if line.startswith("USER ")]
+    assert user == "USER 10001:10001"
+    assert 'ENTRYPOINT ["k1s0-eventstore"]' in runtime
+    # The uid the webhook and the chart run the containers as is the image's user.
+    assert InjectionSettings(image="x").run_as_user == 10001
+    assert "useradd --system --uid 10001" in DOCKERFILE
+
+
+def test_build_context_builds_the_package(tmp_path: Path) -> None:
+    files = context_files()
+    rels = {f.relative_to(ROOT).as_posix() for f in files}
+    assert "pyproject.toml" in rels and "README.md" in rels
+    assert not any(r.startswith(("tests/", "charts/", ".venv/")) or "__pycache__" in r for r in rels)
+    context = tmp_path / "context"
+    for f in files:
+        dest = context / f.relative_to(ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest)
+    # Every COPY source of the build stage is in the context.
+    for line in stages()[0]:
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (context / src).exists(), src
+    # The dependency list the Dockerfile extracts from pyproject.toml.
+    done = subprocess.run([sys.executable, "-c", "import tomllib; print('\\n'.join(tomllib.load(open("
+                           "'pyproject.toml', 'rb'))['project']['dependencies']))"],
+                          cwd=context, capture_output=True, text=True, check=True)
+    requirements = done.stdout.split()
+    assert any(r.startswith("kopf") for r in requirements) and any(r.startswith("asyncpg") for r in requirements)
+    assert not any(r.startswith(("pytest", "pgserver")) for r in requirements), "no dev or embedded extras"
+    # `pip install --no-deps .` of that context: build the same wheel and look inside.
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "w"), str(context)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    [wheel] = (tmp_path / "w").glob("k1s0_eventstore-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("k1s0_operator/webhook.py", "k1s0_operator/injection.py", "k1s0_operator/certs.py",
+                   "k1s0_sidecar/cli.py", "k1s0_event_store/__init__.py"):
+        assert needed in names, needed
+    assert any(n.startswith("k1s0_event_store/_proto/") and n.endswith("_pb2_grpc.py") for n in names), \
+        "the generated gRPC stubs ship in the package"
+    [entry_points] = [n for n in names if n.endswith("entry_points.txt")]
+    assert "k1s0-eventstore = k1s0_sidecar.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    ready = False
+
+    def do_GET(self) -> None:
+        ok = self.path == "/healthz" or (self.path == "/readyz" and type(self).ready)
+        self.send_response(200 if ok else 503)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, type[_Health]]]:
+    handler = type("Health", (_Health,), {"ready": False})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_injected_exec_probes_follow_the_sidecar(health_server: tuple[int, type[_Health]]) -> None:
+    port, handler = health_server
+    container = sidecar_container(app_pod(), StreamTarget.from_eventstream(eventstream()),
+                                  InjectionSettings(image="x", rest_port=port))
+
+    def probe(name: str) -> int:
+        command = container[name]["exec"]["command"]
+        assert command[0] == "python"
+        return subprocess.run([sys.executable, *command[1:]], capture_output=True, timeout=30).returncode
+
+    assert probe("livenessProbe") == 0
+    assert probe("readinessProbe") != 0 and probe("startupProbe") != 0, "503 from /readyz fails the probe"
+    handler.ready = True
+    assert probe("readinessProbe") == 0 and probe("startupProbe") == 0
+    unused = free_port()
+    refused = sidecar_container(app_pod(), StreamTarget.from_eventstream(eventstream()),
+                                InjectionSettings(image="x", rest_port=unused))
+    command = refused["livenessProbe"]["exec"]["command"]
+    assert subprocess.run([sys.executable, *command[1:]], capture_output=True, timeout=30).returncode != 0
