@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 
 import kopf
+
 from . import _handlers  # noqa: F401 - registers the EventStream handlers
 from ._login import kubernetes_client
 from ._resources import Kube

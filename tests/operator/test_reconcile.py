@@ -202,7 +202,8 @@ async def test_partitions_grow_is_reported_when_the_broker_cannot_and_shrink_is_
     # Down: refused in the status, never attempted.
     await api.patch_object(EVS, namespace, "grow", {"spec": {"kafka": {"partitions": 1}}})
     obj = await with_condition(api, namespace, "grow", "TopicReady", "PartitionShrinkRefused")
-    assert "has 2 partitions; the spec asks for 1, and partitions can only grow" in condition(obj, "TopicReady")["message"]
+    message = condition(obj, "TopicReady")["message"]
+    assert "has 2 partitions; the spec asks for 1, and partitions can only grow" in message
     assert await topic_partitions(kafka, topic) == 2
 
     # Back to what the topic has: Ready again, and the transition time of Ready moved.
@@ -222,7 +223,8 @@ async def test_schema_rename_is_refused_and_the_old_schema_kept(
     assert obj["status"]["schema"] == f"{namespace}_one"
     conn = await asyncpg.connect(pg.dsn)
     try:
-        names = {r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"{namespace}_%")}
+        rows = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"{namespace}_%")
+        names = {r[0] for r in rows}
     finally:
         await conn.close()
     assert names == {f"{namespace}_one"}

@@ -117,7 +117,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
             parts = _pointer(op["path"])
             if kind == "test":
                 if _resolve(doc, parts) != op.get("value"):
-                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: test failed at {op['path']}")
+                    raise ApiError(422, "Invalid", f"the server rejected our request: test failed at {op['path']}")
                 continue
             if kind in ("move", "copy"):
                 src = _pointer(op["from"])
@@ -161,7 +161,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
         except ApiError:
             raise
         except (KeyError, IndexError, ValueError, TypeError) as exc:
-            raise ApiError(422, "Invalid", f"the server rejected our request: JSON patch {op!r} failed: {exc!r}") from None
+            raise ApiError(422, "Invalid", f"the server rejected our request: {op!r} failed: {exc!r}") from None
     return doc
 
 
@@ -473,7 +473,10 @@ class ApiServer(KubernetesEmulator):
         meta = obj.setdefault("metadata", {})
         if namespaced:
             if meta.get("namespace") and ns and meta["namespace"] != ns:
-                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+                raise ApiError(
+                    400, "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
             ns = ns or meta.get("namespace") or ""
             if not ns:
                 raise ApiError(404, "NotFound", "a namespaced resource needs a namespace")
