@@ -28,11 +28,14 @@ from ._model import (
     NO_STREAM,
     AppendRequest,
     AppendResult,
+    EncodedEvent,
+    EncodedPage,
     EventEnvelope,
     EventVersion,
     Snapshot,
     StreamId,
     StreamPage,
+    encode_event,
     prepare_append,
 )
 from .aggregates import Aggregate, AggregateRepository
@@ -49,6 +52,8 @@ __all__ = [
     "AppendRequest",
     "AppendResult",
     "ConcurrencyError",
+    "EncodedEvent",
+    "EncodedPage",
     "EventEnvelope",
     "EventIdConflictError",
     "EventNotFoundError",
@@ -76,5 +81,6 @@ __all__ = [
     "ValidationError",
     "__version__",
     "create_pool",
+    "encode_event",
     "prepare_append",
 ]

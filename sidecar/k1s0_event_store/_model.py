@@ -120,6 +120,50 @@ class StreamPage:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """A stored event as the protocol edges send it: JSON already encoded, times already RFC 3339
+    with milliseconds. PostgreSQL produces these directly for reads, so events that are only passed
+    through are never decoded and re-encoded; ``encode_event`` makes one from an envelope."""
+
+    stream_id: str
+    sequence: int
+    event_type: str
+    version: int
+    payload_json: str
+    metadata_json: str
+    occurred_at: str
+    stored_at: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPage:
+    stream_id: StreamId
+    events: list[EncodedEvent]
+    current_version: int
+    total_count: int
+
+
+def rfc3339(value: datetime | None) -> str:
+    """``2026-02-23T10:00:00.012+00:00``: milliseconds and an explicit offset, as seed 000 shows."""
+    return value.isoformat(timespec="milliseconds") if value else ""
+
+
+def encode_event(e: EventEnvelope) -> EncodedEvent:
+    return EncodedEvent(
+        stream_id=e.stream,
+        sequence=e.sequence or 0,
+        event_type=e.event_type,
+        version=e.version or 0,
+        payload_json=json.dumps(e.payload, ensure_ascii=False, separators=(",", ":")),
+        metadata_json=json.dumps(dict(e.metadata), ensure_ascii=False, separators=(",", ":")),
+        occurred_at=rfc3339(e.occurred_at),
+        stored_at=rfc3339(e.stored_at),
+        event_id=str(e.event_id) if e.event_id else "",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedEvent:
     """An input event after validation: JSON already encoded, id and time fixed.
 

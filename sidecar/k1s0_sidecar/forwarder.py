@@ -147,6 +147,7 @@ class Forwarder:
         self.metrics = ForwarderMetrics(registry or CollectorRegistry())
         self._s = quote_ident(schema, "schema")
         self._task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         # status
@@ -164,7 +165,6 @@ class Forwarder:
         self.last_published_at: str | None = None
         self.missing_topics: list[str] = []
         self.takeovers = 0
-        self._last_count = 0.0
 
     # -- component interface -------------------------------------------------------------------
 
@@ -173,6 +173,7 @@ class Forwarder:
             self._stopping.clear()
             self.state = "starting"
             self._task = asyncio.create_task(self._run(), name=f"forwarder:{self.schema}")
+            self._monitor_task = asyncio.create_task(self._monitor(), name=f"forwarder-lag:{self.schema}")
 
     async def stop(self) -> None:
         """Finish the round in progress (up to ``stop_grace``), release the lease, close."""
@@ -181,6 +182,13 @@ class Forwarder:
             return
         self._stopping.set()
         self._wake.set()
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            try:
+                await self._monitor_task
+            except asyncio.CancelledError:
+                pass
+            self._monitor_task = None
         try:
             await asyncio.wait_for(asyncio.shield(task), self.stop_grace)
         except TimeoutError:
@@ -309,8 +317,36 @@ class Forwarder:
                 self.checkpoint = row["position"]
                 self.active_holder = row["holder"]
                 self.active_since = row["acquired_at"].isoformat() if row["acquired_at"] else None
-                await self._measure_lag(conn, row["position"])
             await self._pause(self.lease_retry_interval)
+
+    async def _monitor(self) -> None:
+        """Lag, measured on its own connection every second: a round stuck on a frozen broker must
+        not freeze the numbers that say so. Standby forwarders read the position from the table."""
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(
+                            self.dsn, timeout=self.connect_timeout,
+                            server_settings={"application_name": "k1s0-forwarder-lag"},
+                        )
+                    position = self.checkpoint if self.state == "active" else None
+                    if position is None:
+                        position = await conn.fetchval(
+                            f"SELECT position FROM {self._s}.forwarder_checkpoint", timeout=self.query_timeout
+                        )
+                    if position is not None:
+                        await self._measure_lag(conn, position)
+                except Exception as exc:
+                    log.debug("forwarder lag not measured: %s", describe(exc))
+                    if conn is not None:
+                        conn.terminate()
+                    conn = None
+                await asyncio.sleep(1.0)
+        finally:
+            if conn is not None:
+                await self._close(conn)
 
     async def _measure_lag(self, conn: asyncpg.Connection, position: int) -> None:
         row = await conn.fetchrow(
@@ -322,7 +358,6 @@ class Forwarder:
             f"SELECT count(*) FROM {self._s}.events WHERE sequence > $1", position, timeout=self.query_timeout
         )
         self._set_lag(int(count), max(0.0, row["age"]) if row else 0.0)
-        self._last_count = time.monotonic()
 
     def _set_lag(self, events: int, seconds: float) -> None:
         self.lag_events = events
@@ -358,8 +393,7 @@ class Forwarder:
         publisher: Publisher | None = None
         failed_rounds = 0
         sql = (
-            "SELECT sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at,"
-            " extract(epoch FROM clock_timestamp() - stored_at)::float8 AS age"
+            "SELECT sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
             f" FROM {self._s}.events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
         )
         try:
@@ -367,13 +401,8 @@ class Forwarder:
                 self._wake.clear()
                 rows = await conn.fetch(sql, position, self.batch_events, timeout=self.query_timeout)
                 if not rows:
-                    self._set_lag(0, 0.0)
                     await self._idle(self.poll_interval)
                     continue
-                if len(rows) < self.batch_events:
-                    self._set_lag(len(rows), max(0.0, rows[0]["age"]))
-                elif time.monotonic() - self._last_count > 1.0:
-                    await self._measure_lag(conn, position)
                 try:
                     if publisher is None:
                         publisher = await self._new_publisher()

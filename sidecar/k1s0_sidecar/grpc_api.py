@@ -14,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from k1s0_event_store import EventEnvelope, EventStoreError, Snapshot, ValidationError
+from k1s0_event_store import EncodedEvent, EventEnvelope, EventStoreError, Snapshot, ValidationError, encode_event
+from k1s0_event_store._model import rfc3339
 from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
@@ -63,17 +64,18 @@ def _json_bytes(raw: bytes, field: str) -> Any:
         raise ValidationError(f"{field} is not valid UTF-8 JSON: {exc}", field=field) from None
 
 
-def event_to_pb(e: EventEnvelope) -> pb.StoredEvent:
+def event_to_pb(e: EncodedEvent | EventEnvelope) -> pb.StoredEvent:
+    encoded = encode_event(e) if isinstance(e, EventEnvelope) else e
     return pb.StoredEvent(
-        stream_id=e.stream,
-        sequence=e.sequence or 0,
-        event_type=e.event_type,
-        version=e.version or 0,
-        payload_json=json.dumps(e.payload, ensure_ascii=False).encode(),
-        metadata=metadata_to_pb(dict(e.metadata)),
-        occurred_at=wire.rfc3339(e.occurred_at),
-        stored_at=wire.rfc3339(e.stored_at),
-        event_id=str(e.event_id) if e.event_id else "",
+        stream_id=encoded.stream_id,
+        sequence=encoded.sequence,
+        event_type=encoded.event_type,
+        version=encoded.version,
+        payload_json=encoded.payload_json.encode(),
+        metadata=metadata_to_pb(json.loads(encoded.metadata_json)),
+        occurred_at=encoded.occurred_at,
+        stored_at=encoded.stored_at,
+        event_id=encoded.event_id,
     )
 
 
@@ -95,7 +97,7 @@ def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
         snapshot_version=s.version,
         aggregate_type=s.aggregate_type,
         state_json=json.dumps(s.state, ensure_ascii=False).encode(),
-        created_at=wire.rfc3339(s.taken_at),
+        created_at=rfc3339(s.taken_at),
     )
 
 
@@ -152,7 +154,7 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
             id=snap.id,
             stream_id=str(snap.stream_id),
             snapshot_version=snap.version,
-            created_at=wire.rfc3339(snap.taken_at),
+            created_at=rfc3339(snap.taken_at),
         )
 
     async def GetLatestSnapshot(

@@ -33,8 +33,9 @@ from k1s0_event_store import (
     UnavailableError,
     ValidationError,
 )
+from k1s0_event_store._model import rfc3339
 
-from .wire import event_json, rfc3339, snapshot_json
+from .wire import event_json, snapshot_json
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5, 6
 

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from k1s0_event_store import PermissionDeniedError, UnauthenticatedError, ValidationError
+from k1s0_event_store import PermissionDeniedError, UnauthenticatedError, ValidationError, encode_event
 
 from . import wire
 from .authz import Authenticator, Principal, Role, check
@@ -50,6 +50,10 @@ def _json(body: Any, status: int = 200) -> web.Response:
         status=status,
         content_type="application/json",
     )
+
+
+def _json_text(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="application/json")
 
 
 def _query_int(request: web.Request, name: str) -> int | None:
@@ -194,12 +198,10 @@ class RestApi:
         result = await self.service.append(
             request.match_info["stream_id"], events, expected, request.get(PRINCIPAL_KEY)
         )
-        return _json(
-            {
-                "stream_id": str(result.stream_id),
-                "events": [wire.event_json(e) for e in result.events],
-                "current_version": result.current_version,
-            },
+        stored = wire.events_text([encode_event(e) for e in result.events])
+        return _json_text(
+            f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},"events":{stored},'
+            f'"current_version":{result.current_version}}}',
             201,
         )
 
@@ -212,23 +214,20 @@ class RestApi:
             page=_query_int(request, "page"),
             page_size=_query_int(request, "page_size"),
         )
-        return _json(
-            {
-                "stream_id": str(page.page.stream_id),
-                "events": [wire.event_json(e) for e in page.page.events],
-                "current_version": page.page.current_version,
-                "pagination": {
-                    "total_count": page.page.total_count,
-                    "page": page.number,
-                    "page_size": page.size,
-                    "has_next": page.has_next,
-                },
-            }
+        pagination = json.dumps(
+            {"total_count": page.page.total_count, "page": page.number, "page_size": page.size,
+             "has_next": page.has_next},
+            separators=(",", ":"),
+        )
+        return _json_text(
+            f'{{"stream_id":{json.dumps(str(page.page.stream_id), ensure_ascii=False)},'
+            f'"events":{wire.events_text(page.page.events)},"current_version":{page.page.current_version},'
+            f'"pagination":{pagination}}}'
         )
 
     async def read_event(self, request: web.Request) -> web.Response:
         event = await self.service.get_event(request.match_info["stream_id"], _path_int(request, "sequence"))
-        return _json(wire.event_json(event))
+        return _json_text(wire.event_text(encode_event(event)))
 
     async def read_all(self, request: web.Request) -> web.Response:
         events, head = await self.service.read_all(
@@ -237,7 +236,7 @@ class RestApi:
             request.query.getall("stream_prefix", []),
             request.query.getall("event_type", []),
         )
-        return _json({"events": [wire.event_json(e) for e in events], "head_sequence": head})
+        return _json_text(f'{{"events":{wire.events_text(events)},"head_sequence":{head}}}')
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
         version, kind, state = wire.parse_snapshot(await _body(request))
@@ -313,7 +312,7 @@ class RestApi:
                 if event is None:
                     await response.write(b": keep-alive\n\n")
                     continue
-                data = json.dumps(wire.event_json(event), ensure_ascii=False, separators=(",", ":"))
+                data = wire.event_text(encode_event(event))
                 await response.write(f"id: {event.sequence}\ndata: {data}\n\n".encode())
         except (ConnectionResetError, ConnectionError):
             return response  # the client went away

@@ -15,6 +15,8 @@ from typing import Any
 
 from k1s0_event_store import (
     AppendResult,
+    EncodedEvent,
+    EncodedPage,
     EventEnvelope,
     EventStore,
     Snapshot,
@@ -23,6 +25,7 @@ from k1s0_event_store import (
     StreamId,
     StreamPage,
     ValidationError,
+    encode_event,
     prepare_append,
 )
 from k1s0_event_store._model import MAX_INT64, validate_version_bound
@@ -40,7 +43,7 @@ READ_ALL_DEFAULT = 500
 
 @dataclass(frozen=True)
 class ReadPage:
-    page: StreamPage
+    page: EncodedPage
     number: int
     size: int
 
@@ -119,9 +122,15 @@ class EventStoreService:
             )
         if (number - 1) * size > MAX_INT64:
             raise ValidationError("page is too large", field="page")
-        result = await self.store.read_stream(
-            sid, from_version=first, to_version=last, event_type=event_type, offset=(number - 1) * size, limit=size
-        )
+        args: dict[str, Any] = {"from_version": first, "to_version": last, "event_type": event_type,
+                                "offset": (number - 1) * size, "limit": size}
+        encoded = getattr(self.store, "read_stream_encoded", None)
+        if encoded is not None:  # PostgreSQL renders the events; nothing is decoded on the way through
+            result: EncodedPage = await encoded(sid, **args)
+        else:
+            plain: StreamPage = await self.store.read_stream(sid, **args)
+            result = EncodedPage(plain.stream_id, [encode_event(e) for e in plain.events], plain.current_version,
+                                 plain.total_count)
         self.metrics.reads.labels("stream").inc()
         return ReadPage(result, number, size)
 
@@ -137,15 +146,18 @@ class EventStoreService:
         limit: int | None = None,
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
-    ) -> tuple[list[EventEnvelope], int]:
+    ) -> tuple[list[EncodedEvent], int]:
         validate_version_bound(after_sequence, "after_sequence", 0)
         count = READ_ALL_DEFAULT if not limit else validate_version_bound(limit, "limit", 1)
         if count > READ_ALL_MAX:
             raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
         head = await self.store.head_sequence()
-        events = await self.store.read_all(
-            after_sequence, count, stream_prefixes=list(stream_prefixes), event_types=list(event_types)
-        )
+        kw: dict[str, Any] = {"stream_prefixes": list(stream_prefixes), "event_types": list(event_types)}
+        encoded = getattr(self.store, "read_all_encoded", None)
+        if encoded is not None:
+            events: list[EncodedEvent] = await encoded(after_sequence, count, **kw)
+        else:
+            events = [encode_event(e) for e in await self.store.read_all(after_sequence, count, **kw)]
         self.metrics.reads.labels("all").inc()
         return events, head
 

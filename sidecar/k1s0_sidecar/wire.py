@@ -6,21 +6,20 @@ ignored ``expected_versoin`` would turn an optimistic-concurrency append into an
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from k1s0_event_store import EventEnvelope, Snapshot, ValidationError
+from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, ValidationError
+from k1s0_event_store._model import rfc3339
 
 _EVENT_KEYS = {"event_type", "payload", "metadata", "event_id", "occurred_at"}
 _APPEND_KEYS = {"events", "expected_version"}
 _SNAPSHOT_KEYS = {"snapshot_version", "aggregate_type", "state"}
 
 
-def rfc3339(value: datetime | None) -> str:
-    """``2026-02-23T10:00:00.012+00:00``: milliseconds and an explicit offset, as the seed shows."""
-    return value.isoformat(timespec="milliseconds") if value else ""
 
 
 def parse_time(value: object, field: str) -> datetime:
@@ -116,6 +115,23 @@ def parse_snapshot(body: object) -> tuple[int, str | None, Any]:
     if kind is not None and not isinstance(kind, str):
         raise ValidationError("aggregate_type must be a string", field="aggregate_type")
     return version, kind, data["state"]
+
+
+def _str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def event_text(e: EncodedEvent) -> str:
+    """A StoredEvent as JSON text, with the payload and metadata spliced in as they were encoded."""
+    return (
+        f'{{"stream_id":{_str(e.stream_id)},"sequence":{e.sequence},"event_type":{_str(e.event_type)},'
+        f'"version":{e.version},"payload":{e.payload_json},"metadata":{e.metadata_json},'
+        f'"occurred_at":"{e.occurred_at}","stored_at":"{e.stored_at}","event_id":"{e.event_id}"}}'
+    )
+
+
+def events_text(events: list[EncodedEvent]) -> str:
+    return "[" + ",".join(map(event_text, events)) + "]"
 
 
 def event_json(e: EventEnvelope) -> dict[str, Any]:

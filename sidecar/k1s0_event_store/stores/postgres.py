@@ -31,6 +31,8 @@ from .._model import (
     MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
     AppendResult,
+    EncodedEvent,
+    EncodedPage,
     EventEnvelope,
     Snapshot,
     StreamId,
@@ -45,6 +47,13 @@ from ..schema import append_lock_key, quote_ident
 from .memory import new_snapshot_id
 
 _EVENT_COLUMNS = "sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
+# The same columns ready for the wire: JSON as text, times as seed 000's RFC 3339 with milliseconds
+# (to_char's MS truncates, like Python's isoformat(timespec="milliseconds")).
+_TS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"') AS {0}"""
+_ENCODED_COLUMNS = (
+    "sequence, event_id::text AS event_id, stream_id, version, event_type, payload::text AS payload,"
+    f" metadata::text AS metadata, {_TS.format('occurred_at')}, {_TS.format('stored_at')}"
+)
 _CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
                       asyncpg.exceptions.TooManyConnectionsError, asyncio.TimeoutError)
 
@@ -124,6 +133,20 @@ def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelop
         version=row["version"],
         sequence=row["sequence"],
         stored_at=row["stored_at"],
+    )
+
+
+def _encoded(row: asyncpg.Record) -> EncodedEvent:
+    return EncodedEvent(
+        stream_id=row["stream_id"],
+        sequence=row["sequence"],
+        event_type=row["event_type"],
+        version=row["version"],
+        payload_json=row["payload"],
+        metadata_json=row["metadata"],
+        occurred_at=row["occurred_at"],
+        stored_at=row["stored_at"],
+        event_id=row["event_id"],
     )
 
 
@@ -272,6 +295,31 @@ class PostgresEventStore(_PoolOwner, EventStore):
         limit: int | None = None,
     ) -> StreamPage:
         sid = StreamId.of(stream_id)
+        rows, current, total = await self._page(sid, _EVENT_COLUMNS, from_version, to_version, event_type,
+                                                offset, limit)
+        cache = {str(sid): sid}
+        return StreamPage(sid, [_envelope(r, cache) for r in rows], current, total)
+
+    async def read_stream_encoded(
+        self,
+        stream_id: StreamId | str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> EncodedPage:
+        """``read_stream`` for the protocol edges: the events as PostgreSQL renders them, undecoded."""
+        sid = StreamId.of(stream_id)
+        rows, current, total = await self._page(sid, _ENCODED_COLUMNS, from_version, to_version, event_type,
+                                                offset, limit)
+        return EncodedPage(sid, [_encoded(r) for r in rows], current, total)
+
+    async def _page(
+        self, sid: StreamId, columns: str, from_version: int, to_version: int | None, event_type: str | None,
+        offset: int, limit: int | None,
+    ) -> tuple[list[asyncpg.Record], int, int]:
         validate_version_bound(from_version, "from_version")
         validate_version_bound(offset, "offset")
         if to_version is not None:
@@ -280,30 +328,42 @@ class PostgresEventStore(_PoolOwner, EventStore):
             validate_version_bound(limit, "limit", 1)
         if event_type is not None:
             validate_name(event_type, "event_type", MAX_EVENT_TYPE_LENGTH)
-        async with self.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            current = await conn.fetchval(
-                f"SELECT current_version FROM {self._s}.event_streams WHERE id = $1", str(sid)
-            )
-            if not current:
-                raise StreamNotFoundError(str(sid))
+        first = max(from_version, 1)
+        s = self._s
+        async with self.connection() as conn:
             if event_type is None:
-                # Versions are dense (1..current), so the count needs no scan.
-                high = current if to_version is None else min(to_version, current)
-                total = max(0, high - max(from_version, 1) + 1)
-            else:
-                total = await conn.fetchval(
-                    f"SELECT count(*) FROM {self._s}.events WHERE stream_id = $1 AND version >= $2"
-                    " AND ($3::bigint IS NULL OR version <= $3) AND event_type = $4",
-                    str(sid), from_version, to_version, event_type,
+                # Versions are dense (1..current): a page is a version range, read straight off the
+                # (stream_id, version) index, and the count needs no scan. One round trip returns the
+                # stream's version with its page, and the page never runs past that version.
+                rows = await conn.fetch(
+                    f"SELECT s.current_version, e.* FROM {s}.event_streams s LEFT JOIN LATERAL ("
+                    f" SELECT {columns} FROM {s}.events ev WHERE ev.stream_id = s.id AND ev.version >= $2"
+                    " AND ev.version <= least(s.current_version, coalesce($3::bigint, s.current_version))"
+                    " ORDER BY ev.version LIMIT $4) e ON true WHERE s.id = $1",
+                    str(sid), first + offset, to_version, limit,
                 )
-            rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE stream_id = $1 AND version >= $2"
-                " AND ($3::bigint IS NULL OR version <= $3) AND ($4::text IS NULL OR event_type = $4)"
-                " ORDER BY version OFFSET $5 LIMIT $6",
-                str(sid), from_version, to_version, event_type, offset, limit,
-            )
-        cache = {str(sid): sid}
-        return StreamPage(sid, [_envelope(r, cache) for r in rows], int(current), int(total))
+                if not rows:
+                    raise StreamNotFoundError(str(sid))
+                current = int(rows[0]["current_version"])
+                high = current if to_version is None else min(to_version, current)
+                return [r for r in rows if r["sequence"] is not None], current, max(0, high - first + 1)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                current = await conn.fetchval(f"SELECT current_version FROM {s}.event_streams WHERE id = $1",
+                                              str(sid))
+                if not current:
+                    raise StreamNotFoundError(str(sid))
+                total = await conn.fetchval(
+                    f"SELECT count(*) FROM {s}.events WHERE stream_id = $1 AND version >= $2"
+                    " AND ($3::bigint IS NULL OR version <= $3) AND event_type = $4",
+                    str(sid), first, to_version, event_type,
+                )
+                rows = await conn.fetch(
+                    f"SELECT {columns} FROM {s}.events WHERE stream_id = $1 AND version >= $2"
+                    " AND ($3::bigint IS NULL OR version <= $3) AND event_type = $4"
+                    " ORDER BY version OFFSET $5 LIMIT $6",
+                    str(sid), first, to_version, event_type, offset, limit,
+                )
+            return list(rows), int(current), int(total)
 
     async def get_event(self, stream_id: StreamId | str, sequence: int) -> EventEnvelope:
         sid = StreamId.of(stream_id)
@@ -326,20 +386,39 @@ class PostgresEventStore(_PoolOwner, EventStore):
         event_types: Sequence[str] = (),
         until_sequence: int | None = None,
     ) -> list[EventEnvelope]:
-        stream_prefixes, event_types = validate_read_all(
-            after_sequence, limit, stream_prefixes, event_types, until_sequence
-        )
+        rows = await self._all(_EVENT_COLUMNS, after_sequence, limit, stream_prefixes, event_types, until_sequence)
+        cache: dict[str, StreamId] = {}
+        return [_envelope(r, cache) for r in rows]
+
+    async def read_all_encoded(
+        self,
+        after_sequence: int = 0,
+        limit: int = 1000,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
+    ) -> list[EncodedEvent]:
+        """``read_all`` for the protocol edges: the events as PostgreSQL renders them, undecoded."""
+        rows = await self._all(_ENCODED_COLUMNS, after_sequence, limit, stream_prefixes, event_types,
+                               until_sequence)
+        return [_encoded(r) for r in rows]
+
+    async def _all(
+        self, columns: str, after_sequence: int, limit: int, stream_prefixes: Sequence[str],
+        event_types: Sequence[str], until_sequence: int | None,
+    ) -> list[asyncpg.Record]:
+        prefixes, types = validate_read_all(after_sequence, limit, stream_prefixes, event_types, until_sequence)
         async with self.connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE sequence > $1"
+            rows: list[asyncpg.Record] = await conn.fetch(
+                f"SELECT {columns} FROM {self._s}.events WHERE sequence > $1"
                 " AND ($5::bigint IS NULL OR sequence <= $5)"
                 " AND (cardinality($2::text[]) = 0 OR stream_id ^@ ANY($2::text[]))"
                 " AND (cardinality($3::text[]) = 0 OR event_type = ANY($3::text[]))"
                 " ORDER BY sequence LIMIT $4",
-                after_sequence, list(stream_prefixes), list(event_types), limit, until_sequence,
+                after_sequence, prefixes, types, limit, until_sequence,
             )
-        cache: dict[str, StreamId] = {}
-        return [_envelope(r, cache) for r in rows]
+        return rows
 
     async def head_sequence(self) -> int:
         async with self.connection() as conn:
