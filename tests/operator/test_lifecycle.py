@@ -210,3 +210,28 @@ async def test_postgres_down_during_create_is_retried_then_ready_and_credentials
     assert ADMIN_PASSWORD not in json.dumps(api.events_for(namespace, "late"))
     assert ADMIN_PASSWORD not in caplog.text
     assert "k1s0admin:" not in caplog.text
+
+
+async def test_a_restarted_operator_resumes_and_repairs(
+    api: ApiServer, pg: LocalPostgres, kafka: LocalKafka, namespace: str
+) -> None:
+    await api.create_namespace(namespace)
+    config = operator_config(pg.dsn, kafka.bootstrap)
+    op = await start_operator(config, [namespace])
+    try:
+        await api.put_object(EVS, namespace, event_stream("resumed", namespace, {"kafka": {"topic": f"{namespace}.r"}}))
+        await ready(api, namespace, "resumed")
+    finally:
+        await stop_operator(op)
+    # While no operator runs, the ConfigMap is deleted.
+    await api.delete_object(CONFIGMAPS, namespace, "resumed-eventstore-config")
+    op = await start_operator(config, [namespace])
+    try:
+        async def configmap_back() -> bool:
+            return api.obj(CONFIGMAPS, namespace, "resumed-eventstore-config") is not None
+
+        await eventually(configmap_back, 15, "the ConfigMap to be re-created on resume")
+        repaired = await events_with(api, namespace, "resumed", "DriftRepaired")
+        assert "ConfigMap resumed-eventstore-config was missing" in repaired[0]["message"]
+    finally:
+        await stop_operator(op)

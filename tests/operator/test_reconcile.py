@@ -23,10 +23,13 @@ from tests.operator.conftest import (
     condition,
     event_stream,
     eventually,
+    operator_config,
+    start_operator,
+    stop_operator,
 )
 from tests.support.kafka import LocalKafka
 from tests.support.kube import ApiServer
-from tests.support.postgres import LocalPostgres
+from tests.support.postgres import LocalPostgres, free_port
 
 
 async def ready(api: ApiServer, namespace: str, name: str, timeout: float = 30) -> dict[str, Any]:
@@ -311,3 +314,41 @@ async def test_a_paused_event_stream_is_left_alone_until_resumed(
 
     await api.patch_object(EVS, namespace, "held", {"metadata": {"annotations": {"eventstore.k1s0.io/paused": None}}})
     await ready(api, namespace, "held")
+
+
+async def test_a_topic_config_change_the_broker_cannot_apply_is_reported(
+    api: ApiServer, operator: RunningOperator, kafka: LocalKafka, namespace: str
+) -> None:
+    topic = f"{namespace}.conf.v1"
+    spec = {"kafka": {"topic": topic, "partitions": 1, "config": {"retention.ms": "1000"}}}
+    await api.put_object(EVS, namespace, event_stream("conf", namespace, spec))
+    await ready(api, namespace, "conf")
+    await api.patch_object(EVS, namespace, "conf", {"spec": {"kafka": {"config": {"retention.ms": "2000"}}}})
+    obj = await with_condition(api, namespace, "conf", "TopicReady", "ConfigChangeUnsupported")
+    message = condition(obj, "TopicReady")["message"]
+    assert f"topic {topic}: config retention.ms differs from the spec" in message
+    assert "AlterConfigs" in message
+    assert (await topic_config(kafka, topic))["retention.ms"] == "1000"
+
+
+async def test_an_unreachable_broker_is_retried_with_the_reason_in_the_status(
+    api: ApiServer, pg: LocalPostgres, namespace: str
+) -> None:
+    await api.create_namespace(namespace)
+    op = await start_operator(operator_config(pg.dsn, f"127.0.0.1:{free_port()}"), [namespace])
+    try:
+        await api.put_object(EVS, namespace, event_stream("nobroker", namespace))
+        obj = await with_condition(api, namespace, "nobroker", "TopicReady", "BrokerUnavailable", timeout=60)
+        assert condition(obj, "TopicReady")["status"] == "False"
+        assert "Kafka is unavailable" in condition(obj, "TopicReady")["message"]
+        assert condition(obj, "SchemaReady")["status"] == "True"
+        assert condition(obj, "Ready")["status"] == "False"
+
+        async def retried() -> list[dict[str, Any]] | None:
+            found = [e for e in api.events_for(namespace, "nobroker") if e["reason"] == "BrokerUnavailable"]
+            return found or None
+
+        retries = await eventually(retried, 10, "a BrokerUnavailable event")
+        assert "retrying in" in retries[0]["message"]
+    finally:
+        await stop_operator(op)
