@@ -1,0 +1,303 @@
+"""Process-level: a real ``k1s0-eventstore serve`` forwarding to a real broker, then broken on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from k1s0_event_store import EventEnvelope, EventStoreConfig, PostgresEventStore
+from tests.conftest import create_schema, drop_schema
+from tests.support.kafka import LocalKafka
+from tests.support.postgres import LocalPostgres
+from tests.support.sidecar import ServedSidecar
+
+from .conftest import expected_events
+from .support import TopicReader, create_topics, judge, poll_until
+
+pytestmark = pytest.mark.slow
+
+
+def served(dsn: str, schema: str, bootstrap: str, topic: str) -> ServedSidecar:
+    return ServedSidecar(
+        dsn, schema,
+        env={
+            "EVENTSTORE_KAFKA_BROKERS": bootstrap,
+            "EVENTSTORE_KAFKA_TOPIC_PUBLISHED": topic,
+            "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false",  # Tansu cannot; production keeps it on
+        },
+    )
+
+
+async def status(sidecar: ServedSidecar) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{sidecar.base_url}/api/v1/forwarder/status") as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def head(dsn: str, schema: str) -> int:
+    store = PostgresEventStore(EventStoreConfig(dsn=dsn, schema=schema, min_connections=1, max_connections=2))
+    try:
+        return await store.head_sequence()
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def schema(pg: LocalPostgres) -> AsyncIterator[str]:
+    name = await create_schema(pg.dsn, "fw")
+    yield name
+    await drop_schema(pg.dsn, name)
+
+
+@pytest.fixture
+def own_broker() -> Iterator[LocalKafka]:
+    broker = LocalKafka()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+class Writers:
+    """Background writers appending straight to PostgreSQL (the library), unaffected by sidecar crashes."""
+
+    def __init__(self, dsn: str, schema: str, streams: int, writers: int) -> None:
+        self.store = PostgresEventStore(EventStoreConfig(dsn=dsn, schema=schema, max_connections=writers + 2))
+        self.streams = [f"load-{i:03d}" for i in range(streams)]
+        self.writers = writers
+        self.written = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _writer(self, seed: int) -> None:
+        rng = random.Random(seed)
+        mine = self.streams[seed :: self.writers]
+        while not self._stop.is_set():
+            n = rng.randint(1, 4)
+            await self.store.append(rng.choice(mine), [EventEnvelope("Loaded", {"n": k}) for k in range(n)])
+            self.written += n
+            await asyncio.sleep(0.002)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._writer(i)) for i in range(self.writers)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self.store.close()
+
+
+async def test_kill_9_mid_forwarding_then_restart_loses_nothing(pg: LocalPostgres, schema: str, kafka: LocalKafka,
+                                                                 topic: str) -> None:
+    first = served(pg.dsn, schema, kafka.bootstrap, topic).start()
+    writers = Writers(pg.dsn, schema, streams=60, writers=8)
+    second: ServedSidecar | None = None
+    try:
+        writers.start()
+        await poll_until(lambda: _at_least(first, 1000), 30, "1000 events forwarded")
+        before = await status(first)
+        first.kill()  # SIGKILL in the middle of forwarding, writers still appending
+        killed_at = await head(pg.dsn, schema)
+        assert before["state"] == "active" and killed_at > before["checkpoint"], (before, killed_at)
+        await asyncio.sleep(0)  # writers keep going while no sidecar runs
+        await poll_until(lambda: _head_above(pg.dsn, schema, killed_at + 500), 30, "more appends without sidecar")
+        second = served(pg.dsn, schema, kafka.bootstrap, topic).start()
+        await poll_until(lambda: _at_least(second, 500), 30, "forwarding again")
+        await writers.stop()
+        expected = await expected_events(pg.dsn, schema)
+        async with TopicReader(kafka.bootstrap, topic) as reader:
+            await reader.until_has(expected, 60)
+        verdict = judge(reader.messages, expected)
+        print(f"\nkill -9 mid-forwarding: {len(expected)} events, {verdict.messages} messages, "
+              f"{verdict.duplicates} duplicates (re-sent after the crash); checkpoint at kill "
+              f"{before['checkpoint']}, head at kill {killed_at}")
+        assert verdict.ok, verdict
+    finally:
+        if not writers._stop.is_set():
+            await writers.stop()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def _at_least(sidecar: ServedSidecar, published: int) -> bool:
+    return int((await status(sidecar))["events_published"]) >= published
+
+
+async def _head_above(dsn: str, schema: str, sequence: int) -> bool:
+    return await head(dsn, schema) > sequence
+
+
+async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPostgres, schema: str,
+                                                                    kafka: LocalKafka, topic: str) -> None:
+    a = served(pg.dsn, schema, kafka.bootstrap, topic).start()
+    b = served(pg.dsn, schema, kafka.bootstrap, topic).start()
+    store = PostgresEventStore(EventStoreConfig(dsn=pg.dsn, schema=schema, max_connections=4))
+    try:
+        async def states() -> set[str]:
+            return {(await status(a))["state"], (await status(b))["state"]}
+
+        await poll_until(lambda: _eq(states(), {"active", "standby"}), 20, "one active, one standby")
+        for i in range(300):
+            await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+        await poll_until(lambda: _sum_published(a, b, 300), 20, "300 published")
+        sa, sb = await status(a), await status(b)
+        active, standby = (a, b) if sa["state"] == "active" else (b, a)
+        published = {sa["state"]: sa["events_published"], sb["state"]: sb["events_published"]}
+        assert published == {"active": 300, "standby": 0}, published
+        active.kill()
+        started = time.monotonic()
+        await poll_until(lambda: _state(standby, "active"), 15, "takeover")
+        took = time.monotonic() - started
+        for i in range(300, 600):
+            await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+        expected = await expected_events(pg.dsn, schema)
+        async with TopicReader(kafka.bootstrap, topic) as reader:
+            await reader.until_has(expected, 30)
+        verdict = judge(reader.messages, expected)
+        print(f"\ntwo sidecars: takeover {took:.2f}s after kill -9 of the active one; "
+              f"{verdict.duplicates} duplicates")
+        assert verdict.ok, verdict
+        assert took < 5
+    finally:
+        await store.close()
+        a.stop()
+        b.stop()
+
+
+async def _eq(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _state(sidecar: ServedSidecar, state: str) -> bool:
+    return bool((await status(sidecar))["state"] == state)
+
+
+async def _sum_published(a: ServedSidecar, b: ServedSidecar, n: int) -> bool:
+    return int((await status(a))["events_published"]) + int((await status(b))["events_published"]) >= n
+
+
+class RestLoad:
+    """Appends through the sidecar's REST API; every failure is kept."""
+
+    def __init__(self, sidecar: ServedSidecar, clients: int) -> None:
+        self.sidecar = sidecar
+        self.clients = clients
+        self.ok = 0
+        self.failed: list[str] = []
+        self.slowest = 0.0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, i: int) -> None:
+        async with aiohttp.ClientSession(base_url=self.sidecar.base_url) as http:
+            k = 0
+            while not self._stop.is_set():
+                body = {"events": [{"event_type": "Ticked", "payload": {"k": k}}]}
+                started = time.monotonic()
+                async with http.post(f"/api/v1/streams/rest-{i}-{k % 5}/events", json=body) as r:
+                    if r.status != 201:
+                        self.failed.append(f"{r.status} {await r.text()}")
+                    else:
+                        self.ok += 1
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                k += 1
+                await asyncio.sleep(0.01)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def test_broker_frozen_20s_then_replaced_by_an_empty_one(pg: LocalPostgres, schema: str,
+                                                               own_broker: LocalKafka) -> None:
+    topic = f"k1s0.test.{uuid.uuid4().hex[:10]}.published.v1"
+    await create_topics(own_broker.bootstrap, topic)
+    sidecar = served(pg.dsn, schema, own_broker.bootstrap, topic).start()
+    load = RestLoad(sidecar, clients=4)
+    try:
+        load.start()
+        await poll_until(lambda: _at_least(sidecar, 100), 20, "forwarding")
+        own_broker.freeze()
+        frozen_at = time.monotonic()
+        ok_before = load.ok
+        saw_error = False
+        while time.monotonic() - frozen_at < 20:
+            async with aiohttp.ClientSession() as http, http.get(f"{sidecar.base_url}/readyz") as r:
+                assert r.status == 200  # appends stay available
+            saw_error = saw_error or (await status(sidecar))["last_error"] is not None
+            await asyncio.sleep(0.5)
+        frozen = await status(sidecar)
+        assert load.ok > ok_before + 200 and not load.failed, (load.ok, load.failed[:3])
+        assert frozen["lag_events"] > 0 and saw_error, frozen
+        own_broker.thaw()
+        thawed_at = time.monotonic()
+        await load.stop()
+        final = await head(pg.dsn, schema)
+        await poll_until(lambda: _drained(sidecar, final), 60, "backlog drained")
+        drain = time.monotonic() - thawed_at
+        expected = await expected_events(pg.dsn, schema)
+        async with TopicReader(own_broker.bootstrap, topic) as reader:
+            await reader.until_has(expected, 30)
+        verdict = judge(reader.messages, expected)
+        print(f"\nbroker frozen 20s: {load.ok} REST appends, none failed (slowest {load.slowest:.3f}s), "
+              f"lag {frozen['lag_events']} events / {frozen['lag_seconds']}s at thaw; drained {drain:.1f}s after "
+              f"thaw; {verdict.duplicates} duplicates")
+        assert verdict.ok, verdict
+
+        # Now the broker dies and an empty one takes its port: the topic is gone.
+        own_broker.kill()
+        fresh = LocalKafka(port=own_broker.port)
+        fresh.start()
+        own_broker.proc = fresh.proc  # the fixture stops it
+        store = PostgresEventStore(EventStoreConfig(dsn=pg.dsn, schema=schema, max_connections=2))
+        try:
+            for i in range(10):
+                await store.append(f"after-{i}", [EventEnvelope("AfterRestart", {"i": i})])
+            await poll_until(lambda: _missing(sidecar, topic), 30, "missing topic reported")
+            s1 = await status(sidecar)
+            assert sidecar.proc is not None and sidecar.proc.poll() is None  # no crash
+            assert s1["state"] == "active" and topic in (s1["last_error"] or "")
+            await asyncio.sleep(3)  # a few seconds of broker without topic: backoff, not a busy loop
+            s2 = await status(sidecar)
+            attempts = s2["publish_failures"] - s1["publish_failures"]
+            assert attempts <= 10, attempts
+            print(f"missing topic: reported as {s1['last_error']!r}; {attempts} attempts in 3s")
+            await create_topics(fresh.bootstrap, topic)
+            for i in range(10, 20):
+                await store.append(f"after-{i}", [EventEnvelope("AfterRestart", {"i": i})])
+            after = {(f"after-{i}", 1) for i in range(20)}
+            async with TopicReader(fresh.bootstrap, topic) as reader:
+                await reader.until_has(after, 30)
+            assert (await status(sidecar))["missing_topics"] == []
+        finally:
+            await store.close()
+    finally:
+        if not load._stop.is_set():
+            await load.stop()
+        if own_broker.proc is not None:
+            own_broker.thaw()
+        sidecar.stop()
+
+
+async def _drained(sidecar: ServedSidecar, sequence: int) -> bool:
+    s = await status(sidecar)
+    return bool(s["checkpoint"] is not None and s["checkpoint"] >= sequence)
+
+
+async def _missing(sidecar: ServedSidecar, topic: str) -> bool:
+    return bool((await status(sidecar))["missing_topics"] == [topic])
+
+
