@@ -26,7 +26,9 @@ def test_the_admin_dsn_is_required(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert "EVENTSTORE_DATABASE_URL" in capsys.readouterr().err
 
 
-def test_the_sidecars_auth_must_be_configured(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_sidecars_auth_must_be_configured(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("EVENTSTORE_DATABASE_URL", "postgresql://admin:pw@db:5432/k1s0")
     monkeypatch.delenv("EVENTSTORE_AUTH_MODE", raising=False)
     monkeypatch.delenv("EVENTSTORE_AUTH_JWKS_URL", raising=False)
