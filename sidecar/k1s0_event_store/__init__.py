@@ -28,6 +28,7 @@ from ._model import (
     NO_STREAM,
     AppendRequest,
     AppendResult,
+    DocumentPage,
     EncodedEvent,
     EncodedPage,
     EventEnvelope,
@@ -39,6 +40,7 @@ from ._model import (
     prepare_append,
 )
 from .aggregates import Aggregate, AggregateRepository
+from .consumer import EventConsumer, PublishedEvent, ensure_consumer_tables
 from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
 from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
 from .stores.remote import GrpcEventStore, GrpcSnapshotStore
@@ -52,8 +54,10 @@ __all__ = [
     "AppendRequest",
     "AppendResult",
     "ConcurrencyError",
+    "DocumentPage",
     "EncodedEvent",
     "EncodedPage",
+    "EventConsumer",
     "EventEnvelope",
     "EventIdConflictError",
     "EventNotFoundError",
@@ -69,6 +73,7 @@ __all__ = [
     "PermissionDeniedError",
     "PostgresEventStore",
     "PostgresSnapshotStore",
+    "PublishedEvent",
     "Snapshot",
     "SnapshotNotFoundError",
     "SnapshotStore",
@@ -81,6 +86,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "create_pool",
+    "ensure_consumer_tables",
     "encode_event",
     "prepare_append",
 ]

@@ -144,6 +144,16 @@ class EncodedPage:
     total_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class DocumentPage:
+    """A page of one stream with each event as a complete StoredEvent JSON document."""
+
+    stream_id: StreamId
+    documents: list[str]
+    current_version: int
+    total_count: int
+
+
 def rfc3339(value: datetime | None) -> str:
     """``2026-02-23T10:00:00.012+00:00``: milliseconds and an explicit offset, as seed 000 shows."""
     return value.isoformat(timespec="milliseconds") if value else ""

@@ -14,7 +14,15 @@ from typing import Any
 
 import grpc
 
-from k1s0_event_store import EncodedEvent, EventEnvelope, EventStoreError, Snapshot, ValidationError, encode_event
+from k1s0_event_store import (
+    EncodedEvent,
+    EncodedPage,
+    EventEnvelope,
+    EventStoreError,
+    Snapshot,
+    ValidationError,
+    encode_event,
+)
 from k1s0_event_store._model import rfc3339
 from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
@@ -129,6 +137,7 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
             page=request.page or None,
             page_size=request.page_size or None,
         )
+        assert isinstance(page.page, EncodedPage)
         return pb.ReadEventsResponse(
             stream_id=str(page.page.stream_id),
             events=[event_to_pb(e) for e in page.page.events],

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from k1s0_event_store import PermissionDeniedError, UnauthenticatedError, ValidationError, encode_event
+from k1s0_event_store import DocumentPage, PermissionDeniedError, UnauthenticatedError, ValidationError, encode_event
 
 from . import wire
 from .authz import Authenticator, Principal, Role, check
@@ -213,7 +213,9 @@ class RestApi:
             event_type=request.query.get("event_type"),
             page=_query_int(request, "page"),
             page_size=_query_int(request, "page_size"),
+            documents=True,
         )
+        assert isinstance(page.page, DocumentPage)
         pagination = json.dumps(
             {"total_count": page.page.total_count, "page": page.number, "page_size": page.size,
              "has_next": page.has_next},
@@ -221,7 +223,7 @@ class RestApi:
         )
         return _json_text(
             f'{{"stream_id":{json.dumps(str(page.page.stream_id), ensure_ascii=False)},'
-            f'"events":{wire.events_text(page.page.events)},"current_version":{page.page.current_version},'
+            f'"events":[{",".join(page.page.documents)}],"current_version":{page.page.current_version},'
             f'"pagination":{pagination}}}'
         )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from k1s0_event_store import (
     AppendResult,
+    DocumentPage,
     EncodedEvent,
     EncodedPage,
     EventEnvelope,
@@ -34,6 +35,7 @@ from .authz import Principal
 from .config import EventStoreSection
 from .group_commit import GroupCommitter
 from .metrics import Metrics
+from .wire import event_text
 
 #: Metadata key that always records who appended, whatever the client wrote elsewhere.
 AUTHENTICATED_SUBJECT_KEY = "authenticated_subject"
@@ -43,13 +45,17 @@ READ_ALL_DEFAULT = 500
 
 @dataclass(frozen=True)
 class ReadPage:
-    page: EncodedPage
+    page: EncodedPage | DocumentPage
     number: int
     size: int
 
     @property
+    def count(self) -> int:
+        return len(self.page.events) if isinstance(self.page, EncodedPage) else len(self.page.documents)
+
+    @property
     def has_next(self) -> bool:
-        return (self.number - 1) * self.size + len(self.page.events) < self.page.total_count
+        return (self.number - 1) * self.size + self.count < self.page.total_count
 
 
 class EventStoreService:
@@ -107,7 +113,9 @@ class EventStoreService:
         event_type: str | None = None,
         page: int | None = None,
         page_size: int | None = None,
+        documents: bool = False,
     ) -> ReadPage:
+        """A page of one stream. ``documents``: each event as one JSON document (REST bodies)."""
         sid = StreamId.parse(stream_id)
         first = 1 if from_version is None else validate_version_bound(from_version, "from_version", 0)
         last = None if to_version is None else validate_version_bound(to_version, "to_version", 0)
@@ -124,13 +132,20 @@ class EventStoreService:
             raise ValidationError("page is too large", field="page")
         args: dict[str, Any] = {"from_version": first, "to_version": last, "event_type": event_type,
                                 "offset": (number - 1) * size, "limit": size}
-        encoded = getattr(self.store, "read_stream_encoded", None)
-        if encoded is not None:  # PostgreSQL renders the events; nothing is decoded on the way through
-            result: EncodedPage = await encoded(sid, **args)
+        # PostgreSQL renders the events where it can; nothing is decoded on the way through.
+        reader = getattr(self.store, "read_stream_documents" if documents else "read_stream_encoded", None)
+        result: EncodedPage | DocumentPage
+        if reader is not None:
+            result = await reader(sid, **args)
         else:
             plain: StreamPage = await self.store.read_stream(sid, **args)
-            result = EncodedPage(plain.stream_id, [encode_event(e) for e in plain.events], plain.current_version,
-                                 plain.total_count)
+            encoded = [encode_event(e) for e in plain.events]
+            result = (
+                DocumentPage(plain.stream_id, [event_text(e) for e in encoded], plain.current_version,
+                             plain.total_count)
+                if documents
+                else EncodedPage(plain.stream_id, encoded, plain.current_version, plain.total_count)
+            )
         self.metrics.reads.labels("stream").inc()
         return ReadPage(result, number, size)
 

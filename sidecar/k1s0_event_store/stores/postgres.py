@@ -31,6 +31,7 @@ from .._model import (
     MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
     AppendResult,
+    DocumentPage,
     EncodedEvent,
     EncodedPage,
     EventEnvelope,
@@ -50,6 +51,14 @@ _EVENT_COLUMNS = "sequence, event_id, stream_id, version, event_type, payload, m
 # The same columns ready for the wire: JSON as text, times as seed 000's RFC 3339 with milliseconds
 # (to_char's MS truncates, like Python's isoformat(timespec="milliseconds")).
 _TS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"') AS {0}"""
+# Each event as one JSON document (seed 000's StoredEvent), built by PostgreSQL: for REST bodies.
+_DOCUMENT_COLUMNS = (
+    "sequence, json_build_object('stream_id', stream_id, 'sequence', sequence, 'event_type', event_type,"
+    " 'version', version, 'payload', payload, 'metadata', metadata,"
+    """ 'occurred_at', to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"'),"""
+    """ 'stored_at', to_char(stored_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"'),"""
+    " 'event_id', event_id)::text AS doc"
+)
 _ENCODED_COLUMNS = (
     "sequence, event_id::text AS event_id, stream_id, version, event_type, payload::text AS payload,"
     f" metadata::text AS metadata, {_TS.format('occurred_at')}, {_TS.format('stored_at')}"
@@ -315,6 +324,22 @@ class PostgresEventStore(_PoolOwner, EventStore):
         rows, current, total = await self._page(sid, _ENCODED_COLUMNS, from_version, to_version, event_type,
                                                 offset, limit)
         return EncodedPage(sid, [_encoded(r) for r in rows], current, total)
+
+    async def read_stream_documents(
+        self,
+        stream_id: StreamId | str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> DocumentPage:
+        """``read_stream`` as JSON documents built by PostgreSQL (the REST body's events)."""
+        sid = StreamId.of(stream_id)
+        rows, current, total = await self._page(sid, _DOCUMENT_COLUMNS, from_version, to_version, event_type,
+                                                offset, limit)
+        return DocumentPage(sid, [r["doc"] for r in rows], current, total)
 
     async def _page(
         self, sid: StreamId, columns: str, from_version: int, to_version: int | None, event_type: str | None,
