@@ -41,6 +41,7 @@ from typing import Any
 import kopf
 
 from . import certs
+from ._login import kubernetes_client
 from .injection import (
     GROUP,
     STREAM_LABEL,
@@ -198,37 +199,33 @@ async def inject_sidecar(
 
 
 def kubernetes_lookup(api_client: Any | None = None) -> StreamLookup:
-    """A lookup through the API server (GET the EventStream, 404 -> None), via the kubernetes client."""
+    """A lookup through the API server (GET the EventStream, 404 -> None), via the kubernetes client.
+
+    Without ``api_client`` the credentials are loaded at the first lookup (in-cluster, else
+    ``KUBECONFIG`` as it is then), so registering the webhook never needs a cluster.
+    """
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
 
-    api = k8s.CustomObjectsApi(api_client or _api_client())
+    apis: list[Any] = []
+
+    def get(namespace: str, name: str) -> Any:
+        if not apis:
+            apis.append(k8s.CustomObjectsApi(api_client or kubernetes_client()))
+        return apis[0].get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
 
     async def lookup(namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
-            obj = await asyncio.to_thread(
-                api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10
-            )
+            obj = await asyncio.to_thread(get, namespace, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise LookupFailed(f"HTTP {exc.status} {exc.reason}") from None
-        except OSError as exc:
-            raise LookupFailed(str(exc)) from None
+        except Exception as exc:  # connection refused, DNS, TLS, no credentials: all mean "cannot ask"
+            raise LookupFailed(f"{type(exc).__name__}: {exc}") from None
         return obj if isinstance(obj, Mapping) else None
 
     return lookup
-
-
-def _api_client() -> Any:
-    from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
-
-    try:
-        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
 
 
 # -- TLS: the server Kopf runs, and the self-signed certificates --------------------------------------
@@ -352,15 +349,14 @@ async def configure_webhook(settings: kopf.OperatorSettings, memo: kopf.Memo, **
     memo.injection_settings = InjectionSettings.from_env(
         {"EVENTSTORE_SIDECAR_IMAGE": default_image(), **env}
     )
-    api_client = memo.get("kube_api_client") or _api_client()
     if memo.get("stream_lookup") is None:
-        memo.stream_lookup = kubernetes_lookup(api_client)
+        memo.stream_lookup = kubernetes_lookup()
     files: certs.CertFiles | None = None
     if not hook.insecure:
         if hook.tls == "files":
             files = certs.CertFiles(Path(hook.cert_dir), mounted=True)
         elif hook.tls == "self-signed":
-            store = CertificateStore(hook, api_client)
+            store = CertificateStore(hook, kubernetes_client())
             await store.sync()
             files = store.files
             memo.webhook_rotation = asyncio.create_task(_rotate_forever(store, hook.rotation_check_seconds))
