@@ -17,6 +17,7 @@ from . import _handlers  # noqa: F401 - registers the EventStream handlers
 from ._login import kubernetes_client
 from ._resources import Kube
 from ._runtime import Runtime, backoff_base, load_operator_config
+from .webhook import inject_sidecar  # noqa: F401 - registers the sidecar-injection webhook (/inject-sidecar)
 
 logger = logging.getLogger("k1s0_operator")
 
