@@ -53,7 +53,7 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
     """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    last: Any = None
+    last: T | None = None
     while loop.time() < deadline:
         last = await check()
         if last:

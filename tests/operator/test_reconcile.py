@@ -272,7 +272,7 @@ async def test_an_invalid_spec_the_schema_lets_through_is_a_permanent_failure(
 async def test_the_api_server_refuses_bad_specs(api: ApiServer, namespace: str) -> None:
     await api.create_namespace(namespace)
     url = f"/apis/eventstore.k1s0.io/v1/namespaces/{namespace}/eventstreams"
-    bad_specs = [
+    bad_specs: list[dict[str, Any]] = [
         {"kafka": {"partitions": 0}},
         {"kafka": {"topic": "no spaces allowed"}},
         {"database": {"schema": "Upper-Case"}},

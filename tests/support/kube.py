@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp.web
 import attrs
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from kmock import KubernetesEmulator, Request, ResourceInfo, Server, action, resource
 
 Key = tuple[str, str, str]  # group, version, plural
@@ -163,6 +163,11 @@ def json_patch(doc: Any, ops: Any) -> Any:
         except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise ApiError(422, "Invalid", f"the server rejected our request: {op!r} failed: {exc!r}") from None
     return doc
+
+
+def _essence(obj: dict[str, Any]) -> dict[str, Any]:
+    """What ``generation`` counts: everything but metadata and status."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
 def apply_defaults(obj: Any, schema: dict[str, Any]) -> None:
@@ -390,7 +395,7 @@ class ApiServer(KubernetesEmulator):
             raise ApiError(404, "NotFound", "the resource has no status subresource")
         if method == "GET" and name is None:
             return aiohttp.web.json_response(self._list(key, request.namespace, request.params.get("labelSelector")))
-        if method == "GET":
+        if method == "GET" and name is not None:
             return aiohttp.web.json_response(self._fetch(key, ns, name))
         if method == "POST" and name is None:
             if not isinstance(request.data, dict):
@@ -550,8 +555,7 @@ class ApiServer(KubernetesEmulator):
         self._admit(key, new, name)
         if new == old:
             return copy.deepcopy(old)  # a no-op: no new resourceVersion, no event
-        essence = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}  # noqa: E731
-        if essence(new) != essence(old):
+        if _essence(new) != _essence(old):
             new_meta["generation"] = int(old_meta.get("generation", 1)) + 1
         new_meta["resourceVersion"] = self._next_rv()
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
