@@ -86,7 +86,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "create_pool",
-    "ensure_consumer_tables",
     "encode_event",
+    "ensure_consumer_tables",
     "prepare_append",
 ]
