@@ -325,3 +325,20 @@ def test_notes_give_next_steps(tools: KubeTools, tmp_path: Path) -> None:
     assert "create secret generic k1s0-eventstore-postgres-admin" in notes
     assert "eventstore.k1s0.io/stream: orders" in notes
     assert "auth.mode is none" in notes and "Kafka is disabled" in notes
+
+
+def test_readme_documents_every_value_and_seed_000s() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    passthrough = {"podSecurityContext", "securityContext", "imagePullSecrets", "nameOverride", "fullnameOverride"}
+    missing = []
+    for top, value in values.items():
+        if top in passthrough or not isinstance(value, dict):
+            if f"`{top}" not in readme:
+                missing.append(top)
+            continue
+        missing += [f"{top}.{k}" for k in value if f"{top}.{k}" not in readme]
+    assert not missing, f"values without documentation in the chart README: {missing}"
+    for seed_key in ("replicaCount", "container.port", "container.grpcPort", "service.type", "autoscaling",
+                     "kafka.enabled", "kafka.brokers", "vault.enabled", "vault.role", "image.registry"):
+        assert seed_key in readme, seed_key
