@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.protocol.transaction import InitProducerIdRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
@@ -38,6 +39,8 @@ from aiokafka.structs import TopicPartition
 #: alone in its batch and is refused by the broker, which the status then reports.
 MAX_BATCH_BYTES = 1_000_000
 UNKNOWN_TOPIC_OR_PARTITION = 3
+DUPLICATE_SEQUENCE_NUMBER = 46
+_INT32_MAX = 2**31 - 1
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, asyncio.TimeoutError)
 
@@ -55,6 +58,10 @@ class TopicsMissing(Exception):
 
 class BrokerUnavailable(Exception):
     """No broker answered (connection refused, timed out, not ready)."""
+
+
+class IdempotenceUnavailable(Exception):
+    """The broker would not give us an idempotent producer id."""
 
 
 @dataclass
@@ -105,9 +112,16 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def build_round(records: Sequence[Record], partitions: Mapping[str, int]) -> Round:
+def build_round(
+    records: Sequence[Record],
+    partitions: Mapping[str, int],
+    producer: tuple[int, int] | None = None,
+    sequences: Mapping[TopicPartition, int] | None = None,
+) -> Round:
     """Fill one batch per partition with records in order, stopping at the first record that no
-    longer fits its partition's batch (the round then ends just before it)."""
+    longer fits its partition's batch (the round then ends just before it). With ``producer``
+    (id, epoch) the batches carry idempotence sequence numbers starting at ``sequences[tp]``."""
+    pid, epoch = producer if producer is not None else (-1, -1)
     rnd = Round(end=records[0].sequence - 1 if records else 0)
     cache: dict[tuple[str, bytes], int] = {}
     for rec in records:
@@ -119,8 +133,9 @@ def build_round(records: Sequence[Record], partitions: Mapping[str, int]) -> Rou
         batch = rnd.batches.get(tp)
         if batch is None:
             builder = DefaultRecordBatchBuilder(
-                magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
-                base_sequence=-1, batch_size=MAX_BATCH_BYTES,
+                magic=2, compression_type=0, is_transactional=0, producer_id=pid, producer_epoch=epoch,
+                base_sequence=(sequences or {}).get(tp, 0) if producer is not None else -1,
+                batch_size=MAX_BATCH_BYTES,
             )
             batch = rnd.batches[tp] = PartitionBatch(tp, builder, first_sequence=rec.sequence)
         meta = batch.builder.append(batch.count, None, rec.key, rec.value, rec.headers)
@@ -138,9 +153,21 @@ class Publisher:
     """One client connection set to the brokers; rebuilt by the forwarder after repeated failures."""
 
     def __init__(
-        self, brokers: Sequence[str], *, security_protocol: str, acks: int, request_timeout_ms: int, client_id: str
+        self,
+        brokers: Sequence[str],
+        *,
+        security_protocol: str,
+        acks: int,
+        request_timeout_ms: int,
+        client_id: str,
+        idempotent: bool = False,
     ) -> None:
         self.acks = acks
+        self.idempotent = idempotent
+        #: (producer id, epoch) when idempotent, and the next sequence number per partition. A
+        #: batch re-sent with the same numbers is recognised by the broker and not appended twice.
+        self.producer: tuple[int, int] | None = None
+        self.sequences: dict[TopicPartition, int] = {}
         self.request_timeout_ms = request_timeout_ms
         self.client = AIOKafkaClient(
             bootstrap_servers=list(brokers),
@@ -158,6 +185,33 @@ class Publisher:
         except TRANSPORT_ERRORS as exc:
             await self.close()
             raise BrokerUnavailable(f"cannot reach the brokers: {describe(exc)}") from exc
+        if self.idempotent:
+            try:
+                await self._init_producer_id()
+            except BaseException:
+                await self.close()
+                raise
+
+    async def _init_producer_id(self) -> None:
+        node = self.client.get_random_node()
+        if node is None:
+            raise BrokerUnavailable("no broker known (bootstrap returned none)")
+        try:
+            response: Any = await self.client.send(
+                node, InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=_INT32_MAX)  # type: ignore[arg-type]
+            )
+        except TRANSPORT_ERRORS as exc:
+            raise IdempotenceUnavailable(
+                f"InitProducerId failed ({describe(exc)}): the broker may not support idempotent producers;"
+                " set kafka.enable_idempotence: false for such a broker"
+            ) from exc
+        if response.error_code != 0:
+            error = for_code(response.error_code).__name__
+            raise IdempotenceUnavailable(
+                f"the broker refused an idempotent producer id (InitProducerId: {error});"
+                " set kafka.enable_idempotence: false for a broker without idempotence"
+            )
+        self.producer = (int(response.producer_id), int(response.producer_epoch))
 
     async def close(self) -> None:
         try:
@@ -226,7 +280,10 @@ class Publisher:
             code = answered.get(b.tp)
             if code is None:
                 failures.append(Failure(b.tp, "no answer for this partition", True))
-            elif code != 0:
+            elif code in (0, DUPLICATE_SEQUENCE_NUMBER):  # appended now, or by an earlier try of this batch
+                if self.producer is not None:
+                    self.sequences[b.tp] = (self.sequences.get(b.tp, 0) + b.count) % (_INT32_MAX + 1)
+            else:
                 err = for_code(code)
                 failures.append(Failure(b.tp, f"{err.__name__} (code {code})", bool(err.retriable), code))
         return failures

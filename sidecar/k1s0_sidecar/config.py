@@ -283,6 +283,11 @@ def _validate(c: Config) -> None:
     if c.kafka.brokers and not c.kafka.topic_published:
         raise ConfigError("kafka.topic_published: must not be empty when kafka.brokers is set")
     positive("kafka.producer_retries", c.kafka.producer_retries, 0)
+    if c.kafka.enable_idempotence and c.kafka.producer_acks not in {"all", "-1"}:
+        raise ConfigError(
+            f"kafka.enable_idempotence: needs kafka.producer_acks all (got {c.kafka.producer_acks!r});"
+            " set enable_idempotence false to use acks 0 or 1"
+        )
     if c.auth.mode == "jwt" and not c.auth.jwks_url:
         raise ConfigError("auth.jwks_url: required when auth.mode is jwt (set auth.mode: none for development)")
     positive("auth.leeway_seconds", c.auth.leeway_seconds, 0)

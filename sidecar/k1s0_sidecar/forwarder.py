@@ -48,6 +48,7 @@ from . import wire
 from ._publisher import (
     UNKNOWN_TOPIC_OR_PARTITION,
     BrokerUnavailable,
+    IdempotenceUnavailable,
     Publisher,
     Record,
     Round,
@@ -409,20 +410,25 @@ class Forwarder:
                     records = [self._record(r) for r in rows]
                     partitions = await publisher.partitions({r.topic for r in records})
                     self.missing_topics = []
-                    rnd = build_round(records, partitions)
+                    rnd = build_round(records, partitions, publisher.producer, publisher.sequences)
                     await self._deliver(publisher, rnd, backoff)
-                except (BrokerUnavailable, TopicsMissing, RoundFailed) as exc:
+                except (BrokerUnavailable, IdempotenceUnavailable, TopicsMissing, RoundFailed) as exc:
                     failed_rounds += 1
-                    reason = {BrokerUnavailable: "unavailable", TopicsMissing: "topic_missing"}.get(
-                        type(exc), "round_failed"
-                    )
+                    reason = {
+                        BrokerUnavailable: "unavailable", TopicsMissing: "topic_missing",
+                        IdempotenceUnavailable: "idempotence_unavailable",
+                    }.get(type(exc), "round_failed")
                     self.metrics.failures.labels(reason).inc()
                     self.publish_failures += 1
                     if isinstance(exc, TopicsMissing):
                         self.missing_topics = exc.topics
                     self._error(str(exc))
+                    # An idempotent producer whose round failed does not know which of its sequence
+                    # numbers the broker took: it starts over with a new producer id.
                     if publisher is not None and (
-                        isinstance(exc, BrokerUnavailable) or failed_rounds > self.kafka.producer_retries
+                        isinstance(exc, BrokerUnavailable)
+                        or (isinstance(exc, RoundFailed) and publisher.idempotent)
+                        or failed_rounds > self.kafka.producer_retries
                     ):
                         await publisher.close()
                         publisher = None
@@ -463,6 +469,7 @@ class Forwarder:
             acks=self.acks,
             request_timeout_ms=self.request_timeout_ms,
             client_id=f"k1s0-forwarder-{self.schema}",
+            idempotent=self.kafka.enable_idempotence,
         )
         await publisher.start()
         return publisher

@@ -225,3 +225,33 @@ async def test_missing_topic_is_reported_then_flows_once_created(config: EventSt
     finally:
         await forwarder.stop()
         await store.close()
+
+
+async def test_idempotence_on_against_a_broker_without_it_is_a_clear_error(
+    config: EventStoreConfig, kafka: LocalKafka, topic: str
+) -> None:
+    """Idempotence is on by default; Tansu cannot do it. The forwarder says so and keeps trying."""
+    assert KafkaSection().enable_idempotence is True
+    forwarder = Forwarder(config.dsn, config.schema, kafka_section(kafka.bootstrap, topic, enable_idempotence=True),
+                          backoff_max=0.5)
+    store = PostgresEventStore(config)
+    await forwarder.start()
+    try:
+        await store.append("idem-1", [EventEnvelope("E", {})])
+        await poll_until(lambda: _true("InitProducerId" in (forwarder.status()["last_error"] or "")), 15, "error")
+        status = forwarder.status()
+        assert "enable_idempotence: false" in status["last_error"]
+        assert status["state"] == "active" and status["checkpoint"] == 0 and status["events_published"] == 0
+    finally:
+        await forwarder.stop()
+        await store.close()
+
+
+def test_idempotence_needs_acks_all() -> None:
+    from k1s0_sidecar.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="enable_idempotence"):
+        load_config(env={"EVENTSTORE_KAFKA_PRODUCER_ACKS": "1", "EVENTSTORE_AUTH_MODE": "none"})
+    cfg = load_config(env={"EVENTSTORE_KAFKA_PRODUCER_ACKS": "1", "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false",
+                           "EVENTSTORE_AUTH_MODE": "none"})
+    assert cfg.kafka.producer_acks == "1"
