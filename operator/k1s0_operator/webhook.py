@@ -33,7 +33,7 @@ import datetime as dt
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,13 +317,36 @@ def ephemeral_files(names: list[str]) -> certs.CertFiles:
     return files
 
 
+class _Server(kopf.WebhookServer):
+    """Kopf's server, plus the request's namespace on the object when the object lacks one.
+
+    Kopf hands handlers the object only; the AdmissionReview carries the namespace separately
+    (``request.namespace``). Current API servers also set it on the object, but the lookup of the
+    EventStream must not depend on that.
+    """
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async def with_namespace(request: Any, **kwargs: Any) -> Any:
+            payload = request.get("request") if isinstance(request, dict) else None
+            obj = payload.get("object") if isinstance(payload, dict) else None
+            namespace = payload.get("namespace") if isinstance(payload, dict) else None
+            if isinstance(obj, dict) and isinstance(namespace, str) and namespace:
+                meta = obj.setdefault("metadata", {})
+                if isinstance(meta, dict) and not meta.get("namespace"):
+                    meta["namespace"] = namespace
+            return await fn(request, **kwargs)
+
+        async for client_config in super().__call__(with_namespace):
+            yield client_config
+
+
 def build_server(settings: WebhookSettings, files: certs.CertFiles | None) -> kopf.WebhookServer:
     """Kopf's aiohttp webhook server: plain HTTP when insecure, else TLS from ``files``."""
     if settings.insecure:
-        return kopf.WebhookServer(addr=settings.address, port=settings.port, insecure=True)
+        return _Server(addr=settings.address, port=settings.port, insecure=True)
     if files is None:
         raise ValueError("TLS needs certificate files")
-    return kopf.WebhookServer(
+    return _Server(
         addr=settings.address,
         port=settings.port,
         certfile=str(files.certfile),

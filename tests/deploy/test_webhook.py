@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import jsonpatch
-import kopf
 import kubernetes_validate
 import pytest
 
@@ -99,7 +98,9 @@ def streams() -> Streams:
 
 
 async def _client(settings: InjectionSettings, streams: Streams) -> AsyncIterator[Client]:
-    server = kopf.WebhookServer(addr="127.0.0.1", port=free_port(), insecure=True)
+    server = webhook.build_server(
+        webhook.WebhookSettings(address="127.0.0.1", port=free_port(), insecure=True), files=None
+    )
     async with served_webhook(server, streams, settings) as url, aiohttp.ClientSession() as session:
         yield Client(session, url, streams)
 
@@ -269,6 +270,17 @@ async def test_malformed_requests_are_http_errors(client: Client, pod: dict[str,
     assert (await client.post(services)).status == 404
     # None of these broke the server.
     assert (await client.admit(pod))["allowed"] is True
+
+
+async def test_namespace_comes_from_the_request_when_the_object_lacks_it(client: Client) -> None:
+    pod = app_pod("orders")
+    del pod["metadata"]["namespace"]
+    result = patched(pod, await client.admit(pod))
+    assert result["metadata"]["annotations"][INJECTED_ANNOTATION] == "orders"
+    missing = app_pod("payments")
+    del missing["metadata"]["namespace"]
+    response = await client.admit(missing)
+    assert response["allowed"] is False and f'namespace "{NAMESPACE}"' in response["status"]["message"]
 
 
 async def test_only_create_is_handled(client: Client, pod: dict[str, Any]) -> None:
