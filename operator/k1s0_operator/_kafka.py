@@ -169,4 +169,5 @@ def summarize(outcomes: Sequence[TopicOutcome]) -> tuple[bool, str, str, Mapping
     partitions = {o.name: o.partitions for o in outcomes}
     if failed:
         return False, failed[0].reason, "; ".join(o.message for o in failed), partitions
-    return True, "TopicsReady", "; ".join(o.message for o in outcomes), partitions
+    # A steady message (not "created ..."), so that a repeated reconciliation leaves the status as it is.
+    return True, "TopicsReady", "; ".join(f"topic {o.name} has {o.partitions} partitions" for o in outcomes), partitions

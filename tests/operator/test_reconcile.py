@@ -352,3 +352,34 @@ async def test_an_unreachable_broker_is_retried_with_the_reason_in_the_status(
         assert "retrying in" in retries[0]["message"]
     finally:
         await stop_operator(op)
+
+
+async def test_reconciling_again_changes_nothing(
+    api: ApiServer, operator: RunningOperator, pg: LocalPostgres, namespace: str
+) -> None:
+    """The drift timer re-runs every step; on an unchanged world it must be a no-op."""
+    await api.put_object(EVS, namespace, event_stream("idem", namespace, {"kafka": {"topic": f"{namespace}.idem"}}))
+    obj = await ready(api, namespace, "idem")
+    secret = api.obj(SECRETS, namespace, "idem-eventstore-db")
+    cm = api.obj(CONFIGMAPS, namespace, "idem-eventstore-config")
+    assert secret is not None and cm is not None
+    events_before = sorted(e["reason"] for e in api.events_for(namespace, "idem"))
+    status_path = f"/apis/eventstore.k1s0.io/v1/namespaces/{namespace}/eventstreams/idem/status"
+
+    def status_patches() -> int:
+        return sum(1 for r in list(api) if r.url.path == status_path and str(r.method.value) == "PATCH")
+
+    start = status_patches()
+
+    async def timer_ran_twice() -> bool:
+        return status_patches() >= start + 2
+
+    await eventually(timer_ran_twice, 15, "two drift-timer runs")
+    after = api.obj(EVS, namespace, "idem")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]  # identical status: no-op
+    assert api.obj(SECRETS, namespace, "idem-eventstore-db") == secret
+    assert api.obj(CONFIGMAPS, namespace, "idem-eventstore-config") == cm
+    assert sorted(e["reason"] for e in api.events_for(namespace, "idem")) == events_before
+    app = await asyncpg.connect(secret_dsn(api, namespace, "idem-eventstore-db"))
+    await app.close()
