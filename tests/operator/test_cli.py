@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
 import pytest
 
 from k1s0_sidecar.cli import build_parser, main
+from tests.operator.conftest import EVS, condition, event_stream, eventually
+from tests.support.kafka import LocalKafka
+from tests.support.kube import ApiServer
+from tests.support.postgres import LocalPostgres
 
 
 def test_flags_parse() -> None:
@@ -36,3 +46,33 @@ def test_the_sidecars_auth_must_be_configured(
     err = capsys.readouterr().err
     assert "auth.jwks_url" in err
     assert "pw" not in err
+
+
+async def test_the_command_runs_the_operator_until_sigterm(
+    api: ApiServer, pg: LocalPostgres, kafka: LocalKafka, namespace: str
+) -> None:
+    """The real entry point: a separate process, credentials from KUBECONFIG, config from the env."""
+    await api.create_namespace(namespace)
+    env = {
+        **os.environ,
+        "EVENTSTORE_DATABASE_URL": pg.dsn,
+        "EVENTSTORE_KAFKA_BROKERS": kafka.bootstrap,
+        "EVENTSTORE_AUTH_MODE": "none",
+        "EVENTSTORE_LOG_LEVEL": "WARNING",
+    }
+    command = Path(sys.executable).with_name("k1s0-eventstore")
+    proc = await asyncio.create_subprocess_exec(
+        str(command), "operator", "--namespace", namespace,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await api.put_object(EVS, namespace, event_stream("cli", namespace, {"kafka": {"topic": f"{namespace}.cli"}}))
+
+        async def is_ready() -> bool:
+            return condition(api.obj(EVS, namespace, "cli"), "Ready").get("status") == "True"
+
+        await eventually(is_ready, 60, "the EventStream to be Ready through the CLI operator")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, output.decode()[-3000:]
