@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kmock import Server
 
 from k1s0_operator.injection import STREAM_LABEL
+from tests.support.kube import ApiServer, kubeconfig_for
 
 NAMESPACE = "shop"
+CRD = Path(__file__).resolve().parents[2] / "crds" / "eventstreams.eventstore.k1s0.io.yaml"
 
 
 def eventstream(name: str = "orders", *, ready: bool = True, **sidecar: Any) -> dict[str, Any]:
@@ -67,3 +73,15 @@ def app_pod(stream: str | None = "orders", **annotations: str) -> dict[str, Any]
 @pytest.fixture
 def pod() -> dict[str, Any]:
     return copy.deepcopy(app_pod())
+
+
+@pytest.fixture
+async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ApiServer]:
+    """An API server (the kmock-based emulator) over HTTP, with the CRD; KUBECONFIG points at it."""
+    server_api = ApiServer()
+    server_api.register_crd(yaml.safe_load(CRD.read_text()))
+    async with server_api, Server(server_api) as server:
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig_for(server)))
+        monkeypatch.setenv("KUBECONFIG", str(path))
+        yield server_api

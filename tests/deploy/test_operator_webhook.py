@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ import aiohttp
 import jsonpatch
 import kubernetes_validate
 import pytest
-import yaml
-from kmock import Server
 from kubernetes import config as k8s_config
 
 from k1s0_operator import certs, webhook
@@ -37,7 +34,7 @@ from tests.deploy.conftest import NAMESPACE, app_pod, eventstream
 from tests.deploy.test_chart import render
 from tests.deploy.test_webhook import review
 from tests.deploy.tools import KubeTools, ensure_kube_tools
-from tests.support.kube import ApiServer, kubeconfig_for
+from tests.support.kube import ApiServer
 from tests.support.postgres import free_port
 
 EVS = ("eventstore.k1s0.io", "v1", "eventstreams")
@@ -45,17 +42,6 @@ SECRETS = ("", "v1", "secrets")
 MWC = ("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations")
 _dirs = itertools.count()
 CRD = Path(__file__).resolve().parents[2] / "crds" / "eventstreams.eventstore.k1s0.io.yaml"
-
-
-@pytest.fixture
-async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ApiServer]:
-    server_api = ApiServer()
-    server_api.register_crd(yaml.safe_load(CRD.read_text()))
-    async with server_api, Server(server_api) as server:
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig_for(server)))
-        monkeypatch.setenv("KUBECONFIG", str(path))
-        yield server_api
 
 
 async def ready_eventstream(api: ApiServer, name: str) -> None:
