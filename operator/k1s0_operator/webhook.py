@@ -32,6 +32,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -385,6 +386,7 @@ async def configure_webhook(settings: kopf.OperatorSettings, memo: kopf.Memo, **
             memo.webhook_rotation = asyncio.create_task(_rotate_forever(store, hook.rotation_check_seconds))
         else:
             files = ephemeral_files(hook.names)
+            memo.webhook_ephemeral_dir = str(files.directory)
     settings.admission.server = build_server(hook, files)
     settings.admission.managed = None  # the chart owns the MutatingWebhookConfiguration
 
@@ -394,6 +396,9 @@ async def stop_rotation(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("webhook_rotation")
     if isinstance(task, asyncio.Task):
         task.cancel()
+    ephemeral = memo.get("webhook_ephemeral_dir")
+    if isinstance(ephemeral, str):
+        shutil.rmtree(ephemeral, ignore_errors=True)
 
 
 def default_image() -> str:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import itertools
 import json
 import os
+import ssl
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +56,10 @@ async def ready_eventstream(api: ApiServer, name: str) -> None:
     api._update(EVS, NAMESPACE, name, "application/merge-patch+json", {"status": status}, None, True)
 
 
-async def test_the_operator_process_serves_the_webhook(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = free_port()
-    monkeypatch.setenv("EVENTSTORE_WEBHOOK_INSECURE", "true")
-    monkeypatch.setenv("EVENTSTORE_WEBHOOK_ADDRESS", "127.0.0.1")
-    monkeypatch.setenv("EVENTSTORE_WEBHOOK_PORT", str(port))
-    monkeypatch.setenv("EVENTSTORE_SIDECAR_IMAGE", "registry.example.com/k1s0-eventstore:it")
-    await ready_eventstream(api, "orders")
-    await api.create_namespace("quiet")
+@contextlib.asynccontextmanager
+async def running_operator() -> AsyncIterator[None]:
+    """``operate()`` in its own thread (as the operator tests run it), watching a namespace
+    without EventStreams: nothing is reconciled, only admitted. The environment configures it."""
     config = load_config(None, env={"EVENTSTORE_DATABASE_URL": "postgresql://unused@127.0.0.1:1/none",
                                     "EVENTSTORE_AUTH_MODE": "none"})
     client = k8s_config.new_client_from_config(config_file=os.environ["KUBECONFIG"])  # type: ignore[no-untyped-call]
@@ -69,7 +68,7 @@ async def test_the_operator_process_serves_the_webhook(api: ApiServer, monkeypat
     errors: list[BaseException] = []
 
     def main() -> None:
-        try:  # it watches a namespace without EventStreams: nothing is reconciled, only admitted
+        try:
             asyncio.run(operate(runtime, namespaces=["quiet"], stop_flag=stop, ready_flag=ready))
         except BaseException as exc:
             errors.append(exc)
@@ -78,31 +77,85 @@ async def test_the_operator_process_serves_the_webhook(api: ApiServer, monkeypat
     thread.start()
     try:
         assert await asyncio.to_thread(ready.wait, 30) and not errors, errors
-        url = f"http://127.0.0.1:{port}/{webhook.HANDLER_ID}"
-        async with aiohttp.ClientSession() as session:
-            answer: dict[str, Any] = {}
-            deadline = asyncio.get_running_loop().time() + 30
-            while not answer:  # the listener opens once Kopf has scanned the API's resources
-                try:
-                    async with session.post(url, json=review(app_pod("orders"))) as resp:
-                        assert resp.status == 200, await resp.text()
-                        answer = (await resp.json())["response"]
-                except aiohttp.ClientConnectorError:
-                    assert asyncio.get_running_loop().time() < deadline, "the webhook never listened"
-                    await asyncio.sleep(0.1)
-            assert answer["allowed"] is True, answer
-            pod = jsonpatch.apply_patch(app_pod("orders"), json.loads(base64.b64decode(answer["patch"])))
-            kubernetes_validate.validate(pod, "1.35.0", strict=True)
-            sidecar = pod["spec"]["initContainers"][0]
-            assert sidecar["image"] == "registry.example.com/k1s0-eventstore:it"
-            assert sidecar["envFrom"] == [{"secretRef": {"name": "orders-eventstore-db"}}]
-            async with session.post(url, json=review(app_pod("ghost"))) as resp:
-                refused = (await resp.json())["response"]
-            assert refused["allowed"] is False and 'EventStream "ghost"' in refused["status"]["message"]
+        yield
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 30)
     assert not thread.is_alive() and not errors, errors
+
+
+async def first_answer(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], **kw: Any
+) -> dict[str, Any]:
+    """POST until the listener is up (it opens once Kopf has scanned the API's resources)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            async with session.post(url, json=body, **kw) as resp:
+                assert resp.status == 200, await resp.text()
+                answer: dict[str, Any] = (await resp.json())["response"]
+                return answer
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                raise
+            assert asyncio.get_running_loop().time() < deadline, "the webhook never listened"
+            await asyncio.sleep(0.1)
+
+
+async def test_the_operator_process_serves_the_webhook(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    monkeypatch.setenv("EVENTSTORE_WEBHOOK_INSECURE", "true")
+    monkeypatch.setenv("EVENTSTORE_WEBHOOK_ADDRESS", "127.0.0.1")
+    monkeypatch.setenv("EVENTSTORE_WEBHOOK_PORT", str(port))
+    monkeypatch.setenv("EVENTSTORE_SIDECAR_IMAGE", "registry.example.com/k1s0-eventstore:it")
+    await ready_eventstream(api, "orders")
+    await api.create_namespace("quiet")
+    url = f"http://127.0.0.1:{port}/{webhook.HANDLER_ID}"
+    async with running_operator(), aiohttp.ClientSession() as session:
+        answer = await first_answer(session, url, review(app_pod("orders")))
+        assert answer["allowed"] is True, answer
+        pod = jsonpatch.apply_patch(app_pod("orders"), json.loads(base64.b64decode(answer["patch"])))
+        kubernetes_validate.validate(pod, "1.35.0", strict=True)
+        sidecar = pod["spec"]["initContainers"][0]
+        assert sidecar["image"] == "registry.example.com/k1s0-eventstore:it"
+        assert sidecar["envFrom"] == [{"secretRef": {"name": "orders-eventstore-db"}}]
+        async with session.post(url, json=review(app_pod("ghost"))) as resp:
+            refused = (await resp.json())["response"]
+        assert refused["allowed"] is False and 'EventStream "ghost"' in refused["status"]["message"]
+
+
+async def test_the_operator_process_as_the_chart_runs_it(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch, tools: KubeTools, tmp_path: Path
+) -> None:
+    """Self-signed TLS with the chart's environment: the certificate the operator serves is trusted
+    through the caBundle it patched into the chart's MutatingWebhookConfiguration."""
+    [deployment] = [d for d in render(tools) if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    chart_env = {e["name"]: e["value"] for e in container["env"] if "value" in e and e["name"].startswith(
+        ("EVENTSTORE_WEBHOOK_", "EVENTSTORE_SIDECAR_"))}
+    assert chart_env["EVENTSTORE_WEBHOOK_TLS"] == "self-signed"
+    port = free_port()
+    for key, value in {**chart_env, "EVENTSTORE_NAMESPACE": "k1s0-system", "EVENTSTORE_WEBHOOK_PORT": str(port),
+                       "EVENTSTORE_WEBHOOK_ADDRESS": "127.0.0.1",
+                       "EVENTSTORE_WEBHOOK_CERT_DIR": str(tmp_path / "tls")}.items():
+        monkeypatch.setenv(key, value)
+    store = await store_for(api, tools, tmp_path)  # puts the chart's configuration into the API server
+    await ready_eventstream(api, "orders")
+    await api.create_namespace("quiet")
+    async with running_operator():
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (bundle := ca_bundles(api, store.settings.configuration)[0]):
+            assert asyncio.get_running_loop().time() < deadline, "the caBundle was never patched"
+            await asyncio.sleep(0.1)
+        context = ssl.create_default_context(cadata=bundle)
+        context.check_hostname = False  # the certificate names the Service, the test calls 127.0.0.1
+        url = f"https://127.0.0.1:{port}/{webhook.HANDLER_ID}"
+        async with aiohttp.ClientSession() as session:
+            answer = await first_answer(session, url, review(app_pod("orders")), ssl=context)
+        assert answer["allowed"] is True
+        served = await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", port))
+        assert served == stored(api).cert
+        assert "rel-k1s0-eventstore-webhook.k1s0-system.svc" in certs.cert_names(certs.load_cert(served))
 
 
 @pytest.fixture(scope="module")
