@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image, two commands: `k1s0-eventstore operator` (the chart's Deployment) and
 # `k1s0-eventstore serve` (the injected sidecar). Multi-stage: the build stage installs the
 # package into a virtualenv; the runtime stage is python slim + that virtualenv, no compiler,
@@ -14,10 +13,7 @@ RUN python -m venv /opt/k1s0
 WORKDIR /src
 # Dependencies first (a layer that survives source edits), then the package itself.
 COPY pyproject.toml README.md ./
-RUN /opt/k1s0/bin/python - <<'PY' > /tmp/requirements.txt
-import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
-PY
+RUN /opt/k1s0/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt
 RUN /opt/k1s0/bin/pip install -r /tmp/requirements.txt
 COPY sidecar/ sidecar/
 COPY operator/ operator/
