@@ -38,6 +38,8 @@ from aiokafka.structs import TopicPartition
 #: 12 bytes and applies to a whole (uncompressed here) batch; a single bigger event still goes
 #: alone in its batch and is refused by the broker, which the status then reports.
 MAX_BATCH_BYTES = 1_000_000
+#: Largest round (all partitions together), well under Kafka's 100 MiB ``socket.request.max.bytes``.
+MAX_ROUND_BYTES = 16_000_000
 UNKNOWN_TOPIC_OR_PARTITION = 3
 DUPLICATE_SEQUENCE_NUMBER = 46
 _INT32_MAX = 2**31 - 1
@@ -124,7 +126,11 @@ def build_round(
     pid, epoch = producer if producer is not None else (-1, -1)
     rnd = Round(end=records[0].sequence - 1 if records else 0)
     cache: dict[tuple[str, bytes], int] = {}
+    total = 0
     for rec in records:
+        total += len(rec.key) + len(rec.value)
+        if total > MAX_ROUND_BYTES and rnd.batches:
+            break
         slot = (rec.topic, rec.key)
         p = cache.get(slot)
         if p is None:

@@ -103,6 +103,11 @@ class ForwarderMetrics:
             ["reason"], registry=r,
         )
         self.checkpoint = Gauge("eventstore_forwarder_checkpoint", "Last sequence acknowledged by Kafka", registry=r)
+        self.resent = Counter(
+            "eventstore_forwarder_events_resent",
+            "Events Kafka had acknowledged and this forwarder sent again (a failed round is re-sent whole)",
+            registry=r,
+        )
 
 
 def _now() -> str:
@@ -160,6 +165,7 @@ class Forwarder:
         self.lag_seconds: float | None = None
         self.events_published = 0
         self.publish_failures = 0
+        self.events_resent = 0
         self.rounds = 0
         self.last_error: str | None = None
         self.last_error_at: str | None = None
@@ -214,6 +220,7 @@ class Forwarder:
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
             "events_published": self.events_published,
             "publish_failures": self.publish_failures,
+            "events_resent": self.events_resent,
             "rounds": self.rounds,
             "last_published_at": self.last_published_at,
             "last_error": self.last_error,
@@ -485,20 +492,24 @@ class Forwarder:
                 return
             self.metrics.failures.labels("partition").inc(len(failures))
             first = failures[0]
+            failed = {f.tp for f in failures}
             summary = f"{len(failures)} of {len(pending)} partition batch(es) failed, e.g. {first.tp.topic}" \
                       f"[{first.tp.partition}]: {first.error}"
+            why = ""
             if any(f.code == UNKNOWN_TOPIC_OR_PARTITION for f in failures):
-                raise RoundFailed(summary + " (topic or partition gone: re-reading topic metadata)")
-            if not all(f.retriable for f in failures):
+                why = " (topic or partition gone: re-reading topic metadata)"
+            elif not all(f.retriable for f in failures):
                 batch = pending[next(f.tp for f in failures if not f.retriable)]
-                raise RoundFailed(
-                    summary + f" (refused by the broker; the batch starts at sequence {batch.first_sequence})"
-                )
+                why = f" (refused by the broker; the batch starts at sequence {batch.first_sequence})"
             attempt += 1
-            if attempt > self.kafka.producer_retries or self._stopping.is_set():
-                raise RoundFailed(summary)
+            if why or attempt > self.kafka.producer_retries or self._stopping.is_set():
+                # The whole round is sent again from the checkpoint: the batches Kafka already took
+                # are sent twice. Counted, so that duplicates are a number, not a surprise.
+                resent = sum(b.count for tp, b in rnd.batches.items() if tp not in failed)
+                self.events_resent += resent
+                self.metrics.resent.inc(resent)
+                raise RoundFailed(summary + why)
             self._error(summary + " (retrying)")
-            failed = {f.tp for f in failures}
             pending = {tp: b for tp, b in pending.items() if tp in failed}
             await self._pause(backoff.next())
 
