@@ -293,6 +293,10 @@ def _volumes(stream: StreamTarget) -> list[dict[str, Any]]:
 
 
 def _check_conflicts(spec: Mapping[str, Any], settings: InjectionSettings, stream: StreamTarget) -> None:
+    if spec.get("hostNetwork"):
+        # The sidecar's ports would be the node's: two such pods on one node would collide, and a
+        # loopback bind would be reachable by everything else on the node.
+        raise InjectionRefused(f"pods with hostNetwork cannot get the event-store sidecar for {stream.ref}")
     ours = {settings.rest_port, settings.grpc_port}
     for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
         for port in c.get("ports") or []:

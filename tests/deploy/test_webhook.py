@@ -250,6 +250,12 @@ async def test_port_conflict_is_refused(client: Client, pod: dict[str, Any]) -> 
     assert response["allowed"] is False and "9090" in response["status"]["message"]
 
 
+async def test_host_network_pod_is_refused(client: Client, pod: dict[str, Any]) -> None:
+    pod["spec"]["hostNetwork"] = True
+    response = await client.admit(pod)
+    assert response["allowed"] is False and "hostNetwork" in response["status"]["message"]
+
+
 async def test_dry_run_gets_the_same_answer(client: Client, pod: dict[str, Any]) -> None:
     wet = patched(pod, await client.admit(pod))
     dry = patched(pod, await client.admit(pod, dry_run=True))
