@@ -126,6 +126,7 @@ class Forwarder:
         registry: CollectorRegistry | None = None,
         holder: str | None = None,
         batch_events: int = 2000,
+        read_budget_bytes: int = 4_000_000,
         poll_interval: float = 1.0,
         lease_retry_interval: float = 1.0,
         backoff_initial: float = 0.2,
@@ -141,6 +142,7 @@ class Forwarder:
         self.kafka = kafka
         self.holder = holder or f"{socket.gethostname()}/{os.getpid()}"
         self.batch_events = batch_events
+        self.read_budget_bytes = read_budget_bytes
         self.poll_interval = poll_interval
         self.lease_retry_interval = lease_retry_interval
         self.backoff_initial = backoff_initial
@@ -400,14 +402,21 @@ class Forwarder:
         backoff = _Backoff(self.backoff_initial, self.backoff_max)
         publisher: Publisher | None = None
         failed_rounds = 0
+        # At most batch_events rows and about read_budget_bytes of (stored, possibly compressed)
+        # payload and metadata: the first row always, then rows while the running size before them
+        # is under budget. Rows left out are not detoasted (the filter needs only their sizes).
         sql = (
             "SELECT sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
-            f" FROM {self._s}.events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+            " FROM (SELECT *, sum(pg_column_size(payload) + pg_column_size(metadata)) OVER (ORDER BY sequence)"
+            " - (pg_column_size(payload) + pg_column_size(metadata)) AS before"
+            f" FROM {self._s}.events WHERE sequence > $1 ORDER BY sequence LIMIT $2) e"
+            " WHERE before < $3 ORDER BY sequence"
         )
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                rows = await conn.fetch(sql, position, self.batch_events, timeout=self.query_timeout)
+                rows = await conn.fetch(sql, position, self.batch_events, self.read_budget_bytes,
+                                        timeout=self.query_timeout)
                 if not rows:
                     await self._idle(self.poll_interval)
                     continue

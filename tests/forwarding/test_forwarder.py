@@ -255,3 +255,28 @@ def test_idempotence_needs_acks_all() -> None:
     cfg = load_config(env={"EVENTSTORE_KAFKA_PRODUCER_ACKS": "1", "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false",
                            "EVENTSTORE_AUTH_MODE": "none"})
     assert cfg.kafka.producer_acks == "1"
+
+
+async def test_large_events_are_split_over_rounds_and_all_arrive(
+    config: EventStoreConfig, kafka: LocalKafka, topic: str
+) -> None:
+    """Events of ~300 kB (incompressible): a partition batch holds at most three, a read at most a
+    dozen; rounds are cut accordingly and every event arrives, in order."""
+    import os
+
+    store = PostgresEventStore(config)
+    forwarder = Forwarder(config.dsn, config.schema, kafka_section(kafka.bootstrap, topic))
+    try:
+        for i in range(30):
+            await store.append(f"big-{i % 3}", [EventEnvelope("Big", {"blob": os.urandom(150_000).hex()})])
+        await forwarder.start()
+        expected = await expected_events(config.dsn, config.schema)
+        async with TopicReader(kafka.bootstrap, topic) as reader:
+            await reader.until_has(expected, 60)
+        verdict = judge(reader.messages, expected)
+        assert verdict.ok and verdict.duplicates == 0, verdict
+        await poll_until(lambda: _true(forwarder.status()["checkpoint"] == 30), 10, "checkpoint")
+        assert forwarder.status()["rounds"] >= 4
+    finally:
+        await forwarder.stop()
+        await store.close()
