@@ -18,6 +18,7 @@ from ._runtime import Runtime, drift_interval
 from ._spec import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION
 
 FINALIZER = f"{GROUP}/finalizer"
+KOPF_PREFIX = f"kopf.{GROUP}"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
 
@@ -38,9 +39,11 @@ def _runtime(memo: kopf.Memo) -> Runtime:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Kopf's own bookkeeping goes to annotations under our group, so the status holds only ours.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Kopf's own bookkeeping goes to annotations, so the status holds only ours. Its prefix must not
+    # be our group's: Kopf leaves every annotation under its storage prefix out of the diff, and
+    # then removing the pause annotation would not count as a change.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.persistence.finalizer = FINALIZER
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -62,6 +65,9 @@ async def reconcile(
 
 @kopf.timer(*RESOURCE, interval=drift_interval(), initial_delay=drift_interval(), when=_active)
 async def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    generation = body.get("metadata", {}).get("generation")
+    if status.get("observedGeneration") != generation:
+        return  # a spec change is not handled yet: that is the change handlers' job, not drift
     await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=0)
 
 
