@@ -43,6 +43,20 @@ async def status(sidecar: ServedSidecar) -> dict[str, Any]:
         return body
 
 
+async def metrics(sidecar: ServedSidecar) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{sidecar.base_url}/metrics") as r:
+        return await r.text()
+
+
+async def test_empty_brokers_disables_the_forwarder(pg: LocalPostgres, schema: str) -> None:
+    sidecar = ServedSidecar(pg.dsn, schema).start()  # EVENTSTORE_KAFKA_BROKERS=""
+    try:
+        assert await status(sidecar) == {"enabled": False, "state": "disabled", "reason": "kafka.brokers is empty"}
+        assert "eventstore_forwarder_active" not in await metrics(sidecar)
+    finally:
+        sidecar.stop()
+
+
 async def head(dsn: str, schema: str) -> int:
     store = PostgresEventStore(EventStoreConfig(dsn=dsn, schema=schema, min_connections=1, max_connections=2))
     try:
@@ -155,6 +169,12 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
         active, standby = (a, b) if sa["state"] == "active" else (b, a)
         published = {sa["state"]: sa["events_published"], sb["state"]: sb["events_published"]}
         assert published == {"active": 300, "standby": 0}, published
+        assert "eventstore_forwarder_active 1.0" in await metrics(active)
+        standby_metrics = await metrics(standby)
+        assert "eventstore_forwarder_active 0.0" in standby_metrics
+        for name in ("eventstore_forwarder_lag_events", "eventstore_forwarder_lag_seconds",
+                     "eventstore_forwarder_events_published_total", "eventstore_forwarder_publish_failures_total"):
+            assert name in standby_metrics
         active.kill()
         started = time.monotonic()
         await poll_until(lambda: _state(standby, "active"), 15, "takeover")
