@@ -237,7 +237,11 @@ def test_rich_values_render_valid_and_as_asked(tools: KubeTools, tmp_path: Path)
     assert env["EVENTSTORE_WEBHOOK_TLS"] == "files" and "EVENTSTORE_WEBHOOK_SECRET" not in env
     [hook] = config["webhooks"]
     assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] == 5
-    assert hook["namespaceSelector"] == {"matchLabels": {"eventstore.k1s0.io/injection": "enabled"}}
+    assert hook["namespaceSelector"] == {
+        "matchLabels": {"eventstore.k1s0.io/injection": "enabled"},
+        # Only the watched namespaces' pods: elsewhere no EventStream would ever become Ready.
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "billing"]}],
+    }
     # Kafka, auth, Vault.
     assert env["EVENTSTORE_KAFKA_BROKERS"] == "kafka-0.messaging.svc.cluster.local:9092,kafka-1.messaging:9092"
     assert env["EVENTSTORE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
