@@ -83,8 +83,10 @@ async def test_create_provisions_schema_role_secret_configmap_topic(
     tmp_path: Path,
 ) -> None:
     topic = f"{namespace}.orders.v1"
+    routed = f"{namespace}.orders.shipped.v1"
     created = await api.put_object(EVS, namespace, event_stream("orders", namespace, {
-        "kafka": {"topic": topic, "partitions": 2, "config": {"retention.ms": "3600000"}},
+        "kafka": {"topic": topic, "partitions": 2, "config": {"retention.ms": "3600000"},
+                  "routes": {"OrderShipped": routed}},
         "snapshots": {"interval": 25},
         "limits": {"maxPageSize": 500},
     }))
@@ -98,7 +100,7 @@ async def test_create_provisions_schema_role_secret_configmap_topic(
     schema = f"{namespace}_orders"
     assert status["phase"] == "Ready"
     assert status["schema"] == schema
-    assert status["topics"] == [topic]
+    assert status["topics"] == [topic, routed]
     assert status["secretName"] == "orders-eventstore-db"
     assert status["configMapName"] == "orders-eventstore-config"
     assert status["observedGeneration"] == obj["metadata"]["generation"]
@@ -163,14 +165,16 @@ async def test_create_provisions_schema_role_secret_configmap_topic(
     config = load_config(path, env={"EVENTSTORE_DATABASE_URL": dsn})
     assert config.database.schema == schema
     assert config.kafka.topic_published == topic
+    assert config.kafka.routes == {"OrderShipped": routed}
     assert config.kafka.brokers == [kafka.bootstrap]
     assert config.event_store.snapshot_interval == 25
     assert config.event_store.snapshot_retention_days == 30
     assert config.event_store.max_page_size == 500
 
     # The topic, with the partitions and config of the spec.
-    assert await topic_partitions(kafka, topic) == 2
-    assert (await topic_config(kafka, topic))["retention.ms"] == "3600000"
+    for name in (topic, routed):
+        assert await topic_partitions(kafka, name) == 2
+        assert (await topic_config(kafka, name))["retention.ms"] == "3600000"
 
     # Kubernetes events for each action.
     expected = {"SchemaCreated", "RoleCreated", "SecretCreated", "ConfigMapCreated", "TopicCreated"}
