@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -58,8 +58,6 @@ def role_dsn(admin_dsn: str, role: str, password: str) -> str:
 
 def password_from_dsn(dsn: str) -> str | None:
     try:
-        from urllib.parse import unquote
-
         password = urlsplit(dsn).password
         return unquote(password) if password else None
     except ValueError:

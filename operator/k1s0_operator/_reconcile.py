@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import kopf
 
@@ -179,8 +180,6 @@ async def reconcile(
 
 
 def _user_of(dsn: str | None) -> str | None:
-    from urllib.parse import unquote, urlsplit
-
     if not dsn:
         return None
     try:
