@@ -189,6 +189,26 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
               f"{verdict.duplicates} duplicates")
         assert verdict.ok, verdict
         assert took < 5
+        # A graceful stop (SIGTERM) hands over too: the restarted one is standby, the active one
+        # is terminated, the restarted one takes over and the events keep flowing.
+        restarted = served(pg.dsn, schema, kafka.bootstrap, topic).start()
+        try:
+            await poll_until(lambda: _state(restarted, "standby"), 10, "restarted sidecar standby")
+            survivor = standby  # active since the kill
+            assert survivor.terminate() == 0
+            started = time.monotonic()
+            await poll_until(lambda: _state(restarted, "active"), 10, "takeover after SIGTERM")
+            handover = time.monotonic() - started
+            for i in range(600, 700):
+                await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+            expected = await expected_events(pg.dsn, schema)
+            async with TopicReader(kafka.bootstrap, topic) as reader:
+                await reader.until_has(expected, 30)
+            verdict = judge(reader.messages, expected)
+            print(f"SIGTERM of the active sidecar: takeover {handover:.2f}s; {verdict.duplicates} duplicates")
+            assert verdict.ok, verdict
+        finally:
+            restarted.stop()
     finally:
         await store.close()
         a.stop()
