@@ -452,8 +452,10 @@ class Forwarder:
                     await self._pause(backoff.next())
                     continue
                 # Every batch of the round is acknowledged: move the checkpoint (on the lock's connection).
+                # Never backwards: only the lock holder writes, but a write sent by a holder that
+                # died while the statement waited can still commit after it (see docs/forwarding.md).
                 await conn.execute(
-                    f"UPDATE {self._s}.forwarder_checkpoint SET position = $1, updated_at = NOW()",
+                    f"UPDATE {self._s}.forwarder_checkpoint SET position = GREATEST(position, $1), updated_at = NOW()",
                     rnd.end, timeout=self.query_timeout,
                 )
                 position = rnd.end

@@ -16,6 +16,7 @@ from k1s0_event_store import EventEnvelope, EventStoreConfig, PostgresEventStore
 from k1s0_sidecar.config import KafkaSection
 from k1s0_sidecar.forwarder import Forwarder
 from tests.support.kafka import LocalKafka
+from tests.support.postgres import LocalPostgres
 
 from .conftest import expected_events
 from .support import TopicReader, create_topics, judge, poll_until
@@ -280,3 +281,27 @@ async def test_large_events_are_split_over_rounds_and_all_arrive(
     finally:
         await forwarder.stop()
         await store.close()
+
+
+async def test_forwards_under_the_least_privilege_role(
+    config: EventStoreConfig, pg: LocalPostgres, kafka: LocalKafka, topic: str
+) -> None:
+    """The sidecar's role (schema.app_role_grants) is enough: lock, checkpoint, LISTEN, read."""
+    from k1s0_event_store.schema import ensure_app_role
+
+    role = f"{config.schema}_fw"
+    admin = await asyncpg.connect(config.dsn)
+    await ensure_app_role(admin, config.schema, role, "pw")
+    forwarder = Forwarder(pg.dsn_for(role, "pw"), config.schema, kafka_section(kafka.bootstrap, topic))
+    store = PostgresEventStore(config)
+    try:
+        await forwarder.start()
+        await store.append("priv-1", [EventEnvelope("E", {})])
+        await poll_until(lambda: _true(forwarder.status()["checkpoint"] == 1), 15, "forwarded as the app role")
+        assert forwarder.status()["last_error"] is None
+    finally:
+        await forwarder.stop()
+        await store.close()
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
