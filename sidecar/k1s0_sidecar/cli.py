@@ -108,14 +108,6 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(issue: int) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"k1s0-eventstore {args.command}: not built yet (issue #{issue})", file=sys.stderr)
-        return 2
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k1s0-eventstore", description="The k1s0 event store.")
     sub = parser.add_subparsers(dest="command", required=True)
