@@ -308,6 +308,9 @@ class Forwarder:
         if oid is None:
             raise RuntimeError(f"schema {self.schema} does not exist (migrations not applied)")
         key = forwarder_lock_key(int(oid))
+        if self.last_error is not None and self.last_error.startswith("PostgreSQL:"):
+            log.info("forwarder (schema %s): PostgreSQL reachable again", self.schema)
+            self.last_error = None
         while not self._stopping.is_set():
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key, timeout=self.query_timeout):
                 try:
