@@ -92,6 +92,7 @@ class ConsumerStats:
     failures: int = 0
     dead_lettered: int = 0
     transient_errors: int = 0
+    #: The most recent dead-lettered messages (topic[partition]@offset: error), at most 100.
     dead_letters: list[str] = field(default_factory=list)
 
 
@@ -362,6 +363,7 @@ class EventConsumer:
                 await asyncio.sleep(self._backoff(tries))
         self.stats.dead_lettered += 1
         self.stats.dead_letters.append(f"{record.topic}[{record.partition}]@{record.offset}: {error[:200]}")
+        del self.stats.dead_letters[:-100]  # the most recent hundred
         log.error("message %s[%d]@%d dead-lettered to %s after %d attempt(s): %s", record.topic, record.partition,
                   record.offset, self.dead_letter_topic, attempts, error)
 
