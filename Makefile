@@ -42,9 +42,26 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(PY) proto/generate.py
 
-## Benchmarks against the raw PostgreSQL limit and a peer (BENCH_QUICK=1 for a short run).
-bench: $(STAMP)
-	@echo "make bench: not built yet (issue #4)"; exit 2
+## Benchmarks against the raw PostgreSQL limit and a peer (BENCH_QUICK=1 for a short run): writes
+# benchmarks/results.json and docs/benchmarks.md. Needs Debian's wrk: installed here when running as
+# root with apt-get, otherwise it stops and says how. BENCH_ARGS="--only grpc" runs some cases only.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make bench: installing Debian's wrk (the REST load generator)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; \
+		else \
+			echo "make bench: Debian's wrk (the REST load generator) is missing: sudo apt-get install -y wrk" >&2; \
+			exit 2; \
+		fi; \
+	fi
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 ## End-to-end on a kind cluster (needs kind and a Docker engine; says so and exits 0 where absent).
 e2e-kind:

@@ -1,0 +1,273 @@
+"""Running one case: start its load-generator processes on a common window, watch the server, collect.
+
+The harness process itself only orchestrates: it sleeps while the load generators work, and a
+``Monitor`` thread samples the server's CPU and RSS (the sidecar, and PostgreSQL's processes) at
+the edges of the measured window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from .common import WorkerResult, latency_summary
+
+REPO = Path(__file__).resolve().parent.parent
+WRK_DIR = Path(__file__).resolve().parent / "wrk"
+#: Seconds between sending the window to the (ready) load generators and its start.
+START_MARGIN = 0.2
+#: How long a load generator may take to connect and say READY.
+READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup: float
+    duration: float
+
+
+@dataclass
+class Measurement:
+    """What one case measured (latencies in ms, CPU as % of one core over the window)."""
+
+    ops: int
+    events: int
+    errors: int
+    conflicts: int
+    duration_s: float
+    latency: dict[str, float]
+    loadgen_cpu_pct: float
+    server_cpu_pct: float | None = None
+    server_rss_mib: float | None = None
+    postgres_cpu_pct: float | None = None
+    first_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.duration_s if self.duration_s else 0.0
+
+
+class Monitor(threading.Thread):
+    """Samples CPU time of the server (and PostgreSQL) at the window's edges, and the server's peak RSS."""
+
+    def __init__(self, server_pid: int | None, postgres_pid: int | None, start_at: float, until: float) -> None:
+        super().__init__(daemon=True)
+        self.server = psutil.Process(server_pid) if server_pid else None
+        self.postgres_pid = postgres_pid
+        self.start_at, self.until = start_at, until
+        self.server_cpu: list[float] = []
+        self.pg_cpu: list[float] = []
+        self.rss_peak = 0
+
+    def _pg_cpu(self) -> float:
+        if not self.postgres_pid:
+            return 0.0
+        total = 0.0
+        try:
+            parent = psutil.Process(self.postgres_pid)
+            procs = [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def _server_cpu(self) -> float:
+        if self.server is None:
+            return 0.0
+        try:
+            t = self.server.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.start_at - time.time()))
+        self.server_cpu.append(self._server_cpu())
+        self.pg_cpu.append(self._pg_cpu())
+        while time.time() < self.until:
+            if self.server is not None:
+                try:
+                    self.rss_peak = max(self.rss_peak, self.server.memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(min(0.2, max(0.0, self.until - time.time())))
+        self.server_cpu.append(self._server_cpu())
+        self.pg_cpu.append(self._pg_cpu())
+
+    def fill(self, m: Measurement) -> None:
+        span = self.until - self.start_at
+        if self.server is not None and len(self.server_cpu) == 2:
+            m.server_cpu_pct = 100.0 * (self.server_cpu[1] - self.server_cpu[0]) / span
+            m.server_rss_mib = self.rss_peak / (1024 * 1024)
+        if self.postgres_pid and len(self.pg_cpu) == 2:
+            # backends that ended inside the window drop out of the second sum: a lower bound
+            m.postgres_cpu_pct = max(0.0, 100.0 * (self.pg_cpu[1] - self.pg_cpu[0]) / span)
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "sidecar"), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
+    return env
+
+
+def run_processes(
+    jobs: list[tuple[str, dict[str, Any]]],
+    timing: Timing,
+    *,
+    server_pid: int | None,
+    postgres_pid: int | None,
+) -> tuple[list[WorkerResult], Monitor, list[str]]:
+    """Start one ``python -m benchmarks.<module>`` per job; once all say READY, send them one common
+    window; wait; return their results (a failed process gives an empty result and a message)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", f"benchmarks.{module}", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env=_python_env(),
+        )
+        for module, spec in jobs
+    ]
+    deadline = time.monotonic() + READY_TIMEOUT
+    for p in procs:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = p.stdout.readline() if ready else ""  # READY, or EOF if the process died
+        if line.strip() != "READY":
+            for q in procs:
+                q.kill()
+            _, err = p.communicate()
+            raise RuntimeError(f"load generator did not get ready: {line.strip()!r} {err[-1500:]}")
+    begin_at = time.time() + START_MARGIN
+    window = json.dumps({"begin_at": begin_at, "warmup": timing.warmup, "duration": timing.duration})
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(window + "\n")
+        p.stdin.flush()
+    monitor = Monitor(server_pid, postgres_pid, begin_at + timing.warmup, begin_at + timing.warmup + timing.duration)
+    monitor.start()
+    limit = START_MARGIN + timing.warmup + timing.duration + 90
+    results: list[WorkerResult] = []
+    failures: list[str] = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=limit)  # (stdin is closed here)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            failures.append(f"load generator timed out: {err[-500:]}")
+            results.append(WorkerResult(duration_s=timing.duration))
+            continue
+        line = out.strip().splitlines()[-1] if out.strip() else ""
+        if p.returncode != 0 or not line.startswith("{"):
+            failures.append(f"load generator exited {p.returncode}: {err[-1500:]}")
+            results.append(WorkerResult(duration_s=timing.duration))
+            continue
+        results.append(WorkerResult.from_json(line))
+    monitor.join()
+    return results, monitor, failures
+
+
+def measurement(
+    results: list[WorkerResult], timing: Timing, monitor: Monitor | None, failures: list[str]
+) -> Measurement:
+    total = WorkerResult(duration_s=timing.duration)
+    for r in results:
+        total.merge(r)
+    if failures and total.ops == 0:
+        raise RuntimeError("; ".join(failures))
+    m = Measurement(
+        ops=total.ops, events=total.events, errors=total.errors, conflicts=total.conflicts,
+        duration_s=timing.duration, latency=latency_summary(total.latencies_ms),
+        loadgen_cpu_pct=100.0 * total.cpu_s / timing.duration,
+        first_error=total.first_error or "; ".join(failures)[:300],
+    )
+    if monitor is not None:
+        monitor.fill(m)
+    return m
+
+
+def run_workers(
+    module: str, specs: list[dict[str, Any]], timing: Timing, *, server_pid: int | None, postgres_pid: int | None
+) -> Measurement:
+    """One case whose processes all run the same load generator: their results merged."""
+    results, monitor, failures = run_processes(
+        [(module, s) for s in specs], timing, server_pid=server_pid, postgres_pid=postgres_pid
+    )
+    return measurement(results, timing, monitor, failures)
+
+
+def wrk_binary() -> str | None:
+    return shutil.which("wrk")
+
+
+def run_wrk(
+    script: str,
+    url: str,
+    connections: int,
+    timing: Timing,
+    args: list[str],
+    *,
+    events_per_ok: int | None,
+    server_pid: int | None,
+    postgres_pid: int | None,
+) -> Measurement:
+    """Debian's wrk (C, LuaJIT) against the REST edge: a warm-up run, then the measured run."""
+    wrk = wrk_binary()
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    threads = max(1, min(2, connections))
+
+    def command(seconds: float) -> list[str]:
+        return [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, math.ceil(seconds))}s",
+                "--timeout", "30s", "-s", str(WRK_DIR / script), url, "--", *args]
+
+    if timing.warmup > 0:
+        subprocess.run(command(timing.warmup), capture_output=True, text=True, check=False)
+    duration = max(1, math.ceil(timing.duration))
+    start = time.time() + 0.3
+    monitor = Monitor(server_pid, postgres_pid, start, start + duration)
+    monitor.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command(duration), capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    monitor.join()
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}")
+    data = json.loads(line.removeprefix("BENCHJSON "))
+    seconds = data["duration_us"] / 1e6
+    events = data["events"] if events_per_ok is None else data["ok"] * events_per_ok
+    errors = data["failures"] + data["socket_errors"]
+    m = Measurement(
+        ops=data["requests"], events=events, errors=errors, conflicts=data["conflicts"], duration_s=seconds,
+        latency={k: data[k] for k in ("p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms")},
+        loadgen_cpu_pct=100.0 * ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / seconds,
+        first_error=f"{errors} failed requests" if errors else "",
+    )
+    monitor.fill(m)
+    return m

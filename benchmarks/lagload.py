@@ -1,0 +1,185 @@
+"""Load generator for delivery latency: paced appends, and the two ends that receive them.
+
+Kinds: ``pace`` appends ``events``-event requests over gRPC at a fixed ``rate`` in events/s (open
+loop: a send is due every events/rate seconds whatever the answers do, up to ``max_in_flight``
+requests outstanding), each payload carrying its
+send time (``time.time()``, one clock for every process on this machine); ``subscribe`` holds a
+gRPC ``SubscribeToAll`` from the end and records receive time minus send time per event;
+``consume`` does the same from the Kafka topic the sidecar forwards to. Only events sent inside the
+measured window count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+import grpc
+
+from k1s0_event_store._proto import event_store_pb2 as pb
+from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+
+from .common import EVENT_TYPE, StreamChooser, Window, WorkerResult, await_window, emit, payload_json, read_spec
+
+
+class _Cpu:
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self.start = 0.0
+        self.end = 0.0
+
+    async def run(self) -> None:
+        await asyncio.sleep(max(0.0, self.window.measure_from - time.time()))
+        self.start = time.process_time()
+        await asyncio.sleep(max(0.0, self.window.until - time.time()))
+        self.end = time.process_time()
+
+
+async def pace(spec: dict[str, Any]) -> WorkerResult:
+    rate, cap = float(spec["rate"]), int(spec.get("max_in_flight", 512))
+    per = int(spec.get("events", 1))
+    channel = grpc.aio.insecure_channel(spec["target"])
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    stub = pb_grpc.EventStoreServiceStub(channel)
+    window = await_window()
+    result = WorkerResult(duration_s=window.duration)
+    chooser = StreamChooser("uniform", int(spec["seed"]), "lag")
+    in_flight: set[asyncio.Task[None]] = set()
+    cpu = _Cpu(window)
+    sampler = asyncio.create_task(cpu.run())
+
+    async def send(n: int, due: float) -> None:
+        t0 = time.time()
+        request = pb.AppendEventsRequest(
+            stream_id=chooser.next(),
+            events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k, t0).encode())
+                    for k in range(per)],
+        )
+        try:
+            await stub.AppendEvents(request)
+            outcome = "ok"
+        except grpc.aio.AioRpcError as exc:
+            outcome = f"{exc.code().name}: {exc.details()}"
+        if window.measure_from <= due < window.until:
+            result.ops += 1
+            # from when the send was due: a paced client that falls behind shows it as latency
+            result.latencies_ms.append((time.time() - due) * 1000.0)
+            if outcome == "ok":
+                result.events += per
+            else:
+                result.errors += 1
+                result.first_error = result.first_error or outcome
+
+    await asyncio.sleep(max(0.0, window.begin_at - time.time()))
+    n = 0
+    start = time.time()
+    while True:
+        due = start + n / (rate / per)
+        if due >= window.until:
+            break
+        delay = due - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(in_flight) >= cap:
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(send(n * per, due))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        n += 1
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=30)
+    await sampler
+    result.cpu_s = cpu.end - cpu.start
+    await channel.close()
+    return result
+
+
+def _record(result: WorkerResult, window: Window, sent_at: float, received_at: float) -> None:
+    if window.measure_from <= sent_at < window.until:
+        result.ops += 1
+        result.events += 1
+        result.latencies_ms.append((received_at - sent_at) * 1000.0)
+
+
+async def subscribe(spec: dict[str, Any]) -> WorkerResult:
+    channel = grpc.aio.insecure_channel(spec["target"])
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    stub = pb_grpc.EventStoreServiceStub(channel)
+    call = stub.SubscribeToAll(pb.SubscribeToAllRequest(from_end=True, stream_prefixes=["lag-"]))
+    received: list[tuple[float, float]] = []
+
+    async def read() -> None:
+        async for note in call:
+            at = time.time()
+            received.append((float(json.loads(note.event.payload_json).get("t", 0.0)), at))
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.5)  # the subscription is registered before the appends start
+    window = await asyncio.to_thread(await_window)
+    result = WorkerResult(duration_s=window.duration)
+    cpu = _Cpu(window)
+    sampler = asyncio.create_task(cpu.run())
+    grace = float(spec.get("grace", 5.0))
+    await asyncio.sleep(max(0.0, window.until + grace - time.time()))
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await reader
+    for sent_at, at in received:
+        _record(result, window, sent_at, at)
+    await sampler
+    result.cpu_s = cpu.end - cpu.start
+    await channel.close()
+    return result
+
+
+async def consume(spec: dict[str, Any]) -> WorkerResult:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=spec["bootstrap"], enable_auto_commit=False, auto_offset_reset="latest",
+        request_timeout_ms=10_000, fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(spec["topic"])
+        while not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(spec["topic"])
+        consumer.assign([TopicPartition(spec["topic"], p) for p in sorted(partitions)])
+        await consumer.seek_to_end()
+        window = await_window()
+        result = WorkerResult(duration_s=window.duration)
+        cpu = _Cpu(window)
+        sampler = asyncio.create_task(cpu.run())
+        deadline = window.until + float(spec.get("grace", 5.0))
+        while time.time() < deadline:
+            got = await consumer.getmany(timeout_ms=100, max_records=5000)
+            received = time.time()
+            for records in got.values():
+                for r in records:
+                    if r.value is None:
+                        continue
+                    body = json.loads(r.value).get("payload") or {}
+                    if isinstance(body, dict):
+                        _record(result, window, float(body.get("t", 0.0)), received)
+        await sampler
+        result.cpu_s = cpu.end - cpu.start
+        return result
+    finally:
+        await consumer.stop()
+
+
+KINDS = {"pace": pace, "subscribe": subscribe, "consume": consume}
+
+
+def main() -> None:
+    spec = read_spec()
+    emit(asyncio.run(KINDS[spec["kind"]](spec)))
+
+
+if __name__ == "__main__":
+    main()

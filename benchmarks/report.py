@@ -1,0 +1,332 @@
+"""Turning a run into ``benchmarks/results.json``, ``docs/benchmarks.md`` and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .cases import CONCURRENCY, LAG_RATE, READ_STREAM_LENGTH, Case, Target, all_cases, targets
+from .harness import Measurement
+
+TARGET_LABELS = {
+    "raw": "raw asyncpg",
+    "library": "library (PostgresEventStore)",
+    "peer": "eventsourcing (peer)",
+    "grpc": "sidecar gRPC",
+    "rest": "sidecar REST",
+}
+
+
+def _num(value: float | None, digits: int = 2) -> float | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return round(float(value), digits)
+
+
+def case_record(case: Case, m: Measurement, results: dict[Case, Measurement]) -> dict[str, Any]:
+    baseline, peer = case.baseline(), case.peer()
+    base_m = results.get(baseline) if baseline else None
+    peer_m = results.get(peer) if peer else None
+    record: dict[str, Any] = {
+        "name": case.name,
+        "group": case.group,
+        "target": case.target,
+        "operation": case.operation,
+        "concurrency": case.concurrency,
+        "events_per_request": case.events,
+        "distribution": case.distribution,
+        "page_size": case.page_size or None,
+        "events_per_s": _num(m.events_per_s, 1),
+        "requests_per_s": _num(m.ops_per_s, 1),
+        "p50_ms": _num(m.latency["p50_ms"], 3),
+        "p95_ms": _num(m.latency["p95_ms"], 3),
+        "p99_ms": _num(m.latency["p99_ms"], 3),
+        "p999_ms": _num(m.latency["p999_ms"], 3),
+        "max_ms": _num(m.latency["max_ms"], 3),
+        "baseline": baseline.name if baseline else None,
+        "ratio": _num(m.events_per_s / base_m.events_per_s, 3) if base_m and base_m.events_per_s else None,
+        "peer": peer.name if peer else None,
+        "ratio_to_peer": _num(m.events_per_s / peer_m.events_per_s, 3) if peer_m and peer_m.events_per_s else None,
+        "requests": m.ops,
+        "conflicts": m.conflicts,
+        "errors": m.errors,
+        "first_error": m.first_error or None,
+        "duration_s": _num(m.duration_s, 2),
+        "loadgen_cpu_pct": _num(m.loadgen_cpu_pct, 1),
+        "server_cpu_pct": _num(m.server_cpu_pct, 1),
+        "postgres_cpu_pct": _num(m.postgres_cpu_pct, 1),
+        "server_rss_mib": _num(m.server_rss_mib, 1),
+    }
+    if m.extra:
+        record.update({k: _num(v, 3) if isinstance(v, float) else v for k, v in m.extra.items()})
+    return record
+
+
+def judge(target: Target, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A target's verdict: every named case measured and within the threshold."""
+    values: list[tuple[str, float | None]] = []
+    for case in target.cases:
+        r = records.get(case.name)
+        if r is None:
+            values.append((case.name, None))
+        elif target.kind == "ratio":
+            values.append((case.name, r["ratio"]))
+        elif target.kind == "peer":
+            values.append((case.name, r["ratio_to_peer"]))
+        else:
+            values.append((case.name, r.get(target.metric)))
+    measured = [v for _, v in values if v is not None]
+    if target.kind in {"ratio", "peer"}:
+        worst = min(measured) if measured else None
+        met = bool(measured) and len(measured) == len(values) and worst is not None and worst >= target.threshold
+    else:
+        worst = max(measured) if measured else None
+        met = bool(measured) and len(measured) == len(values) and worst is not None and worst <= target.threshold
+    return {
+        "target": target.text,
+        "threshold": target.threshold,
+        "kind": target.kind,
+        "worst": _num(worst, 3),
+        "met": met,
+        "values": {name: v for name, v in values},
+    }
+
+
+def build(results: dict[Case, Measurement], failures: dict[Case, str], run_info: dict[str, Any]) -> dict[str, Any]:
+    order = all_cases()
+    records = [case_record(c, results[c], results) for c in order if c in results]
+    by_name = {r["name"]: r for r in records}
+    return {
+        "run": run_info,
+        "cases": records,
+        "failed_cases": {c.name: why for c, why in failures.items()},
+        "targets": [judge(t, by_name) for t in targets()],
+    }
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    cases = data["cases"]
+    one = [r for r in cases if r["group"] == "append-1"]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for target, label in TARGET_LABELS.items():
+        rows = sorted((r for r in one if r["target"] == target), key=lambda r: r["concurrency"])
+        if not rows:
+            continue
+        xs = [r["concurrency"] for r in rows]
+        ax1.plot(xs, [r["events_per_s"] for r in rows], marker="o", label=label)
+        ax2.plot(xs, [r["p99_ms"] for r in rows], marker="o", label=label)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(CONCURRENCY), [str(c) for c in CONCURRENCY])
+        ax.set_xlabel("concurrent clients")
+        ax.grid(True, alpha=0.3)
+    ax1.set_ylabel("events/s (1 event per append)")
+    ax1.set_title("Append throughput against concurrency")
+    ax2.set_ylabel("p99 latency (ms)")
+    ax2.set_yscale("log")
+    ax2.set_title("Append p99 latency against concurrency")
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=8)
+    fig.tight_layout()
+    path = img_dir / "bench-append-throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+
+    groups = [("append-100", "100-event appends, 8 clients"), ("append-zipf", "Zipf streams, 32 clients"),
+              ("append-hot", "one hot stream + expected_version, 32 clients")]
+    fig, axes = plt.subplots(1, len(groups), figsize=(13, 4))
+    for ax, (group, title) in zip(axes, groups, strict=True):
+        rows = [r for r in cases if r["group"] == group]
+        ax.bar([TARGET_LABELS.get(r["target"], r["target"]).split(" (")[0] for r in rows],
+               [r["events_per_s"] for r in rows], color="tab:blue")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("events/s")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = img_dir / "bench-append-batches.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, op in zip(axes, ("read-stream", "read-all"), strict=True):
+        for target, label in TARGET_LABELS.items():
+            rows = sorted((r for r in cases if r["operation"] == op and r["target"] == target),
+                          key=lambda r: r["concurrency"])
+            if rows:
+                ax.plot([r["concurrency"] for r in rows], [r["events_per_s"] for r in rows], marker="o", label=label)
+        ax.set_title(f"{op}: events/s against concurrency")
+        ax.set_xlabel("concurrent readers")
+        ax.set_ylabel("events/s")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = img_dir / "bench-reads.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+    return made
+
+
+# -- markdown ----------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
+    run = data["run"]
+    machine = run["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m benchmarks`); do not edit by hand. The numbers below are from",
+        f"one run: {run['started']} to {run['finished']} UTC, {'quick' if run['quick'] else 'full'} mode "
+        f"({run['warmup_s']} s warm-up, {run['duration_s']} s measured per case), commit `{machine['git_commit']}`.",
+        "Raw data: [`benchmarks/results.json`](../benchmarks/results.json).",
+        "",
+        "## Conditions",
+        "",
+        run.get("note") or "No note was given for this run (`BENCH_NOTE`).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| CPU | {machine['cpu_model']}, {machine['cpu_cores']} cores ({machine['virtualisation']}) |",
+        f"| RAM | {machine['ram_gib']} GiB |",
+        f"| OS | {machine['os']}, kernel {machine['kernel']} |",
+        f"| PostgreSQL | {machine['postgresql']}; {machine['postgresql_settings']}; data on "
+        f"{machine['postgresql_filesystem']} |",
+        f"| Python | {machine['python']} |",
+        f"| REST load generator | {machine['wrk']} |",
+        f"| Load average at start | {', '.join(map(str, machine['load_average_at_start']))} |",
+        "",
+        "Everything (PostgreSQL, the sidecar, the load generators) shares these cores, so a case's",
+        "events/s is bounded by the CPU that all of them need; the CPU columns show who used it.",
+        "",
+        "## Method",
+        "",
+        "- One PostgreSQL, started by the harness with fsync, synchronous_commit and full_page_writes on,",
+        "  serves every case of the run; ratios are taken within the run. Each case runs a warm-up, then",
+        "  counts the operations that start and finish inside the measured window. Clients are closed",
+        "  loops (one request in flight each).",
+        "- Events are 300 bytes of JSON payload. Streams are chosen uniformly among 100,000 (in effect",
+        "  a new or distinct stream per append), Zipf-distributed (s = 1.1 over 10,000: hot streams),",
+        "  or one hot stream where every client appends with `expected_version` and conflicts are counted.",
+        "- Raw baseline: asyncpg, one INSERT per transaction (autocommit) into a table shaped like the",
+        "  event table, no lock, no version check; 100-event cases insert 100 rows in one statement.",
+        "  Reads: asyncpg SELECT of the same rows in the same page size.",
+        "- Library: `PostgresEventStore.append` (advisory lock per append). Peer: the `eventsourcing`",
+        "  library's `PostgresApplicationRecorder.insert_events` (PyPI, psycopg 3, threads).",
+        "- Sidecar: `k1s0-eventstore serve` as a separate process (auth off, forwarder off except in the",
+        "  lag case). gRPC load: a 2-process grpc.aio client; REST load: Debian's `wrk` with",
+        "  `benchmarks/wrk/*.lua`. Load generators are separate processes and report their own CPU",
+        "  (`loadgen CPU`, % of one core); the sidecar's CPU, PostgreSQL's CPU and the sidecar's peak RSS",
+        "  are sampled over the same window.",
+        f"- Subscription delivery and Kafka forwarding: {LAG_RATE:,.0f} events/s paced (open loop) 1-event gRPC",
+        "  appends carrying their send time; a gRPC `SubscribeToAll` subscriber and a Kafka consumer",
+        "  (Tansu broker) record receive time minus send time.",
+        "",
+        "## Targets",
+        "",
+        "| target | worst measured | met |",
+        "| --- | --- | --- |",
+    ]
+    for t in data["targets"]:
+        unit = "x" if t["kind"] in {"ratio", "peer"} else (" ms" if t["kind"] == "max_ms" else " MiB")
+        worst = "not measured (or not finite)" if t["worst"] is None else f"{t['worst']:.2f}{unit}"
+        lines.append(f"| {t['target']} | {worst} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "## Results", ""]
+    header = ("| case | events/s | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | x raw | x peer | conflicts | errors "
+              "| loadgen CPU % | sidecar CPU % | PostgreSQL CPU % | sidecar RSS MiB |")
+    sep = "| " + " | ".join(["---"] + ["---:"] * 14) + " |"
+    sections = [("1-event appends", "append-1"), ("100-event appends", "append-100"),
+                ("Zipf-distributed streams", "append-zipf"), ("One hot stream, expected_version", "append-hot"),
+                (f"Reading one {READ_STREAM_LENGTH:,}-event stream", "read-stream"),
+                ("Reading all events by sequence", "read-all")]
+    for title, group in sections:
+        rows = [r for r in data["cases"] if r["group"] == group]
+        if not rows:
+            continue
+        lines += [f"### {title}", "", header, sep]
+        for r in rows:
+            cells = [
+                r["name"], _fmt(r["events_per_s"], 0), _fmt(r["requests_per_s"], 0), _fmt(r["p50_ms"], 2),
+                _fmt(r["p95_ms"], 2), _fmt(r["p99_ms"], 2), _fmt(r["p999_ms"], 2), _fmt(r["ratio"], 2),
+                _fmt(r["ratio_to_peer"], 2), str(r["conflicts"]), str(r["errors"]), _fmt(r["loadgen_cpu_pct"]),
+                _fmt(r["server_cpu_pct"]), _fmt(r["postgres_cpu_pct"]), _fmt(r["server_rss_mib"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lag = [r for r in data["cases"] if r["operation"] == "lag"]
+    if lag:
+        lines += [
+            f"### Subscription delivery and Kafka forwarding at {LAG_RATE:,.0f} events/s", "",
+            "Latency from each append's send to its receipt. An event appended in the window but not received",
+            "within the grace period counts as infinitely late (`-` below: the percentile is not finite).", "",
+            "| case | measured at | events | not delivered | p50 ms | p99 ms | p99.9 ms |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in lag:
+            lines.append(
+                f"| {r['name']} | append (paced gRPC, from when each send was due) | {r['requests']} requests | - "
+                f"| {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {_fmt(r['p999_ms'], 2)} |"
+            )
+            for what, label in (("subscription", "gRPC SubscribeToAll"), ("forwarding", "Kafka consumer")):
+                lines.append(
+                    f"| | {label} | {r.get(what + '_events')} | {r.get(what + '_undelivered')} "
+                    f"| {_fmt(r.get(what + '_p50_ms'), 2)} | {_fmt(r.get(what + '_p99_ms'), 2)} "
+                    f"| {_fmt(r.get(what + '_p999_ms'), 2)} |"
+                )
+        lines.append("")
+        for r in lag:
+            lines.append(
+                f"- {r['name']}: appended {_fmt(r['events_per_s'], 0)} events/s; sidecar CPU "
+                f"{_fmt(r['server_cpu_pct'])} %, peak RSS {_fmt(r['server_rss_mib'])} MiB; PostgreSQL CPU "
+                f"{_fmt(r['postgres_cpu_pct'])} %; load generators {_fmt(r['loadgen_cpu_pct'])} % (appender) + "
+                f"{_fmt(r.get('loadgen_cpu_pct_receivers'))} % (receivers)."
+            )
+        lines.append("")
+    if data["failed_cases"]:
+        lines += ["### Cases that failed", ""]
+        lines += [f"- {name}: {why}" for name, why in data["failed_cases"].items()]
+        lines.append("")
+    if images:
+        lines += ["## Plots", ""]
+        for img in images:
+            rel = img.relative_to(docs_dir) if img.is_relative_to(docs_dir) else img
+            lines.append(f"![{img.stem}]({rel.as_posix()})")
+            lines.append("")
+    findings = run.get("findings")
+    if findings:
+        lines += ["## Findings", "", findings.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def write(data: dict[str, Any], results_path: Path, docs_dir: Path, *, with_plots: bool = True) -> None:
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(data, indent=1) + "\n")
+    images = plots(data, docs_dir / "img") if with_plots else []
+    (docs_dir / "benchmarks.md").write_text(markdown(data, images, docs_dir))
