@@ -78,3 +78,8 @@ app.kubernetes.io/component: operator
 {{- define "k1s0-eventstore.clusterRole" -}}
 {{- printf "%s-%s" (include "k1s0-eventstore.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* The Kopf peering object's name (operator.peering.name, else the release's full name). */}}
+{{- define "k1s0-eventstore.peeringName" -}}
+{{- default (include "k1s0-eventstore.fullname" .) .Values.operator.peering.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
