@@ -44,6 +44,7 @@ PEERING_NAME = "evs-operators"
 #: Kopf's words when an operator resumes or pauses (kopf/_core/engines/peering.py).
 RESUMED = "Resuming operations after the pause"
 PAUSED = "Pausing operations in favour of"
+PAUSED_ALL = "Pausing all operators, including self"  # peers with the same priority
 
 
 @dataclass
@@ -58,7 +59,7 @@ class OperatorProcess:
     def paused(self) -> bool:
         """Paused now: it never resumed, or it paused again after it last resumed."""
         text = self.text()
-        return text.rfind(PAUSED) >= text.rfind(RESUMED)
+        return max(text.rfind(PAUSED), text.rfind(PAUSED_ALL)) >= text.rfind(RESUMED)
 
     def handlers_run(self) -> int:
         """How many EventStream handlers this process has run (Kopf logs each outcome)."""
@@ -221,6 +222,25 @@ async def test_a_crashed_active_replica_is_replaced_after_its_lifetime(
     await api.put_object(EVS, namespace, event_stream("after", namespace, {"kafka": {"topic": f"{namespace}.a"}}))
     assert await ready_by(api, namespace, "after") == {"op-low"}
     await terminate(low)
+
+
+async def test_equal_priorities_pause_both(
+    peering_api: ApiServer, operators: Callable[..., Any], namespace: str
+) -> None:
+    """Why the chart insists on ``auto`` priorities with several replicas: Kopf pauses every peer
+    that sees another live one with its own priority."""
+    api = peering_api
+    await api.create_namespace(namespace)
+    first: OperatorProcess = await operators(namespace, "op-a", 100)
+    await in_log(first, RESUMED)
+    second: OperatorProcess = await operators(namespace, "op-b", 100)
+    await in_log(first, PAUSED_ALL)
+    await in_log(second, "Possibly conflicting operators with the same priority")
+    await peers(api, namespace, "op-a", "op-b")
+    # op-a paused after it had resumed; op-b (paused from the start, peering being mandatory) never resumed.
+    assert first.paused() and second.paused() and RESUMED not in second.text()
+    await terminate(first)
+    await terminate(second)
 
 
 def test_peering_is_off_unless_named() -> None:
