@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="override the measured seconds per case")
     parser.add_argument("--allow-missing", action="store_true",
                         help="skip cases whose tool is missing (wrk, eventsourcing) instead of refusing to run")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample the sidecar with py-spy during each sidecar case; profiles go to DIR")
     args = parser.parse_args(argv)
+    if args.profile:  # a profiled run's figures are not the benchmark's: keep them beside the profiles
+        args.results, args.docs = args.profile / "results.json", args.profile / "docs"
 
     if not args.allow_missing:
         problems = []
@@ -52,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                         args.duration if args.duration is not None else t.duration)
         settings = Settings(settings.quick, timing, Timing(max(1.0, timing.warmup), max(1.0, timing.duration)),
                             settings.only)
-    if args.allow_missing:
-        settings = Settings(settings.quick, settings.timing, settings.wrk_timing, settings.only, True)
+    if args.allow_missing or args.profile:
+        settings = Settings(settings.quick, settings.timing, settings.wrk_timing, settings.only, args.allow_missing,
+                            args.profile)
 
     from . import report
     from .machine import describe
@@ -80,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     data = report.build(run.results, run.failures, info)
     report.write(data, args.results, args.docs, with_plots=not args.no_plots)
     log(f"wrote {args.results} and {args.docs / 'benchmarks.md'} in {info['wall_s']} s")
+    if args.profile:
+        from .profile import summarise
+
+        for collapsed in sorted(args.profile.glob("*.collapsed.txt")):
+            summary = collapsed.with_name(collapsed.name.replace(".collapsed.txt", ".top.txt"))
+            summary.write_text(summarise(collapsed))
+        log(f"profiles (py-spy collapsed stacks and *.top.txt summaries) in {args.profile}")
     for t in data["targets"]:
         log(f"target {'MET   ' if t['met'] else 'MISSED'} {t['target']} (worst {t['worst']})")
     return 1 if run.failures else 0

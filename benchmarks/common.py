@@ -3,7 +3,7 @@
 A load generator is a separate process started by the harness with one JSON argument (its spec).
 It connects, prints ``READY``, reads the case's wall-clock ``Window`` (one JSON line on stdin, the
 same for every process of the case), runs ``warmup`` seconds unmeasured, records every operation
-that starts and ends inside the next ``duration`` seconds, and prints one JSON line (its
+that completes inside the next ``duration`` seconds (as wrk does), and prints one JSON line (its
 ``WorkerResult``). Loops are closed (each client
 has one request in flight), like the eventstore-benchmarks suite and ``wrk``.
 """
@@ -177,7 +177,8 @@ async def closed_loop(clients: int, op: Operation, window: Window) -> WorkerResu
             except Exception as exc:  # a failed request counts as an error, the loop goes on
                 events, outcome = 0, f"{type(exc).__name__}: {exc}"
             elapsed = time.perf_counter() - t0
-            if started_wall < window.measure_from or started_wall + elapsed > window.until:
+            ended_wall = started_wall + elapsed
+            if ended_wall < window.measure_from or ended_wall > window.until:
                 continue
             result.ops += 1
             result.latencies_ms.append(elapsed * 1000.0)

@@ -24,6 +24,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 
 from .common import WorkerResult, latency_summary
+from .profile import Sampler
 
 REPO = Path(__file__).resolve().parent.parent
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
@@ -68,31 +69,38 @@ class Measurement:
 class Monitor(threading.Thread):
     """Samples CPU time of the server (and PostgreSQL) at the window's edges, and the server's peak RSS."""
 
-    def __init__(self, server_pid: int | None, postgres_pid: int | None, start_at: float, until: float) -> None:
+    def __init__(
+        self, server_pid: int | None, postgres_pid: int | None, start_at: float, until: float,
+        profile: Path | None = None,
+    ) -> None:
         super().__init__(daemon=True)
+        self.sampler = (
+            Sampler(server_pid, start_at, until - start_at, profile) if profile is not None and server_pid else None
+        )
         self.server = psutil.Process(server_pid) if server_pid else None
         self.postgres_pid = postgres_pid
         self.start_at, self.until = start_at, until
         self.server_cpu: list[float] = []
-        self.pg_cpu: list[float] = []
+        self.pg_cpu: list[dict[int, float]] = []
         self.rss_peak = 0
 
-    def _pg_cpu(self) -> float:
+    def _pg_cpu(self) -> dict[int, float]:
+        """CPU seconds of the postmaster and each backend, by pid."""
         if not self.postgres_pid:
-            return 0.0
-        total = 0.0
+            return {}
         try:
             parent = psutil.Process(self.postgres_pid)
             procs = [parent, *parent.children(recursive=True)]
         except psutil.Error:
-            return 0.0
+            return {}
+        times: dict[int, float] = {}
         for p in procs:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
+                times[p.pid] = float(t.user + t.system)
             except psutil.Error:
                 pass
-        return total
+        return times
 
     def _server_cpu(self) -> float:
         if self.server is None:
@@ -104,6 +112,8 @@ class Monitor(threading.Thread):
             return 0.0
 
     def run(self) -> None:
+        if self.sampler is not None:
+            self.sampler.start()
         time.sleep(max(0.0, self.start_at - time.time()))
         self.server_cpu.append(self._server_cpu())
         self.pg_cpu.append(self._pg_cpu())
@@ -116,6 +126,8 @@ class Monitor(threading.Thread):
             time.sleep(min(0.2, max(0.0, self.until - time.time())))
         self.server_cpu.append(self._server_cpu())
         self.pg_cpu.append(self._pg_cpu())
+        if self.sampler is not None:
+            self.sampler.join()
 
     def fill(self, m: Measurement) -> None:
         span = self.until - self.start_at
@@ -123,8 +135,11 @@ class Monitor(threading.Thread):
             m.server_cpu_pct = 100.0 * (self.server_cpu[1] - self.server_cpu[0]) / span
             m.server_rss_mib = self.rss_peak / (1024 * 1024)
         if self.postgres_pid and len(self.pg_cpu) == 2:
-            # backends that ended inside the window drop out of the second sum: a lower bound
-            m.postgres_cpu_pct = max(0.0, 100.0 * (self.pg_cpu[1] - self.pg_cpu[0]) / span)
+            # per process: backends that started in the window count whole; those that ended in it
+            # are missed (a lower bound; the load generators keep their connections for the window)
+            before, after = self.pg_cpu
+            used = sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
+            m.postgres_cpu_pct = 100.0 * used / span
 
 
 def _python_env() -> dict[str, str]:
@@ -141,6 +156,7 @@ def run_processes(
     *,
     server_pid: int | None,
     postgres_pid: int | None,
+    profile: Path | None = None,
 ) -> tuple[list[WorkerResult], Monitor, list[str]]:
     """Start one ``python -m benchmarks.<module>`` per job; once all say READY, send them one common
     window; wait; return their results (a failed process gives an empty result and a message)."""
@@ -168,7 +184,8 @@ def run_processes(
         assert p.stdin is not None
         p.stdin.write(window + "\n")
         p.stdin.flush()
-    monitor = Monitor(server_pid, postgres_pid, begin_at + timing.warmup, begin_at + timing.warmup + timing.duration)
+    monitor = Monitor(server_pid, postgres_pid, begin_at + timing.warmup, begin_at + timing.warmup + timing.duration,
+                      profile)
     monitor.start()
     limit = START_MARGIN + timing.warmup + timing.duration + 90
     results: list[WorkerResult] = []
@@ -212,11 +229,12 @@ def measurement(
 
 
 def run_workers(
-    module: str, specs: list[dict[str, Any]], timing: Timing, *, server_pid: int | None, postgres_pid: int | None
+    module: str, specs: list[dict[str, Any]], timing: Timing, *, server_pid: int | None, postgres_pid: int | None,
+    profile: Path | None = None,
 ) -> Measurement:
     """One case whose processes all run the same load generator: their results merged."""
     results, monitor, failures = run_processes(
-        [(module, s) for s in specs], timing, server_pid=server_pid, postgres_pid=postgres_pid
+        [(module, s) for s in specs], timing, server_pid=server_pid, postgres_pid=postgres_pid, profile=profile
     )
     return measurement(results, timing, monitor, failures)
 
@@ -235,6 +253,7 @@ def run_wrk(
     events_per_ok: int | None,
     server_pid: int | None,
     postgres_pid: int | None,
+    profile: Path | None = None,
 ) -> Measurement:
     """Debian's wrk (C, LuaJIT) against the REST edge: a warm-up run, then the measured run."""
     wrk = wrk_binary()
@@ -250,7 +269,7 @@ def run_wrk(
         subprocess.run(command(timing.warmup), capture_output=True, text=True, check=False)
     duration = max(1, math.ceil(timing.duration))
     start = time.time() + 0.3
-    monitor = Monitor(server_pid, postgres_pid, start, start + duration)
+    monitor = Monitor(server_pid, postgres_pid, start, start + duration, profile)
     monitor.start()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command(duration), capture_output=True, text=True, check=False)

@@ -85,7 +85,8 @@ def run(spec: dict[str, Any]) -> WorkerResult:
             except Exception as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             elapsed = time.perf_counter() - t0
-            if started_wall < window.measure_from or started_wall + elapsed > window.until:
+            ended_wall = started_wall + elapsed
+            if ended_wall < window.measure_from or ended_wall > window.until:
                 continue
             result.ops += 1
             result.latencies_ms.append(elapsed * 1000.0)

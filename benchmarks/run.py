@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -49,6 +50,8 @@ class Settings:
     only: str = ""
     #: skip (and list) the cases whose tool is missing instead of failing them (the smoke test)
     allow_missing: bool = False
+    #: a folder: sample the sidecar with py-spy during each sidecar case and write its profile there
+    profile_dir: Path | None = None
 
     @classmethod
     def from_env(cls, quick: bool | None = None, only: str = "") -> Settings:
@@ -192,6 +195,12 @@ class Run:
             return self._rest(case)
         raise ValueError(f"no runner for {case}")
 
+    def profile_path(self, case: Case) -> Path | None:
+        if self.settings.profile_dir is None:
+            return None
+        slug = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-")
+        return self.settings.profile_dir / f"{slug}.collapsed.txt"
+
     def _grpc(self, case: Case) -> Measurement:
         assert self.sidecar is not None
         processes = max(1, min(GRPC_PROCESSES, case.concurrency))
@@ -207,7 +216,7 @@ class Run:
                             length=READ_STREAM_LENGTH, first_sequence=1)
             specs.append(spec)
         return run_workers("grpcload", specs, self.settings.timing, server_pid=self.server_pid,
-                           postgres_pid=self.pg.pid())
+                           postgres_pid=self.pg.pid(), profile=self.profile_path(case))
 
     def _rest(self, case: Case) -> Measurement:
         assert self.sidecar is not None
@@ -221,7 +230,8 @@ class Run:
             args = [mode, READ_STREAM if mode == "stream" else "1", str(READ_STREAM_LENGTH), str(case.page_size)]
             script, per_ok = "read.lua", None
         return run_wrk(script, self.sidecar.base_url, case.concurrency, self.settings.wrk_timing, args,
-                       events_per_ok=per_ok, server_pid=self.server_pid, postgres_pid=self.pg.pid())
+                       events_per_ok=per_ok, server_pid=self.server_pid, postgres_pid=self.pg.pid(),
+                       profile=self.profile_path(case))
 
     def measure_lag(self, case: Case) -> None:
         """Subscription delivery and Kafka forwarding, one window, on a sidecar with the forwarder on."""
@@ -260,7 +270,7 @@ class Run:
                                  "events": case.events}),
                 ]
                 results, monitor, failures = run_processes(jobs, timing, server_pid=self.server_pid,
-                                                           postgres_pid=self.pg.pid())
+                                                           postgres_pid=self.pg.pid(), profile=self.profile_path(case))
         finally:
             kafka.stop()
         m = measurement([results[2]], timing, monitor, failures)
