@@ -250,7 +250,7 @@ def run_wrk(
     timing: Timing,
     args: list[str],
     *,
-    events_per_ok: int | None,
+    events_per_ok: int,
     server_pid: int | None,
     postgres_pid: int | None,
     profile: Path | None = None,
@@ -280,7 +280,7 @@ def run_wrk(
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}")
     data = json.loads(line.removeprefix("BENCHJSON "))
     seconds = data["duration_us"] / 1e6
-    events = data["events"] if events_per_ok is None else data["ok"] * events_per_ok
+    events = data["ok"] * events_per_ok
     errors = data["failures"] + data["socket_errors"]
     m = Measurement(
         ops=data["requests"], events=events, errors=errors, conflicts=data["conflicts"], duration_s=seconds,

@@ -228,7 +228,7 @@ class Run:
         else:
             mode = "stream" if case.operation == "read-stream" else "all"
             args = [mode, READ_STREAM if mode == "stream" else "1", str(READ_STREAM_LENGTH), str(case.page_size)]
-            script, per_ok = "read.lua", None
+            script, per_ok = "read.lua", case.page_size  # every page of the range is full
         return run_wrk(script, self.sidecar.base_url, case.concurrency, self.settings.wrk_timing, args,
                        events_per_ok=per_ok, server_pid=self.server_pid, postgres_pid=self.pg.pid(),
                        profile=self.profile_path(case))
