@@ -79,7 +79,9 @@ class Monitor(threading.Thread):
         )
         self.server = psutil.Process(server_pid) if server_pid else None
         self.postgres_pid = postgres_pid
-        self.start_at, self.until = start_at, until
+        # the last sample is taken a little before the window ends: at its end the load generators
+        # finish and close their connections, and backends that exit drop out of the sum
+        self.start_at, self.until = start_at, until - min(0.1, 0.05 * (until - start_at))
         self.server_cpu: list[float] = []
         self.pg_cpu: list[dict[int, float]] = []
         self.rss_peak = 0
