@@ -252,7 +252,8 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         "  lag case). gRPC load: a 2-process grpc.aio client; REST load: Debian's `wrk` with",
         "  `benchmarks/wrk/*.lua`. Load generators are separate processes and report their own CPU",
         "  (`loadgen CPU`, % of one core); the sidecar's CPU, PostgreSQL's CPU and the sidecar's peak RSS",
-        "  are sampled over the same window.",
+        "  are sampled over the same window; `req/txn` is the sidecar's group commit: append requests",
+        "  per transaction over the case, from its `/metrics`.",
         f"- Subscription delivery and Kafka forwarding: {LAG_RATE:,.0f} events/s paced (open loop) 1-event gRPC",
         "  appends carrying their send time; a gRPC `SubscribeToAll` subscriber and a Kafka consumer",
         "  (Tansu broker) record receive time minus send time.",
@@ -272,8 +273,8 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         lines.append(f"| {t['target']} | {worst} | {'yes' if t['met'] else '**no**'} | {per_case} |")
     lines += ["", "## Results", ""]
     header = ("| case | events/s | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | x raw | x peer | conflicts | errors "
-              "| loadgen CPU % | sidecar CPU % | PostgreSQL CPU % | sidecar RSS MiB |")
-    sep = "| " + " | ".join(["---"] + ["---:"] * 14) + " |"
+              "| loadgen CPU % | sidecar CPU % | PostgreSQL CPU % | sidecar RSS MiB | req/txn |")
+    sep = "| " + " | ".join(["---"] + ["---:"] * 15) + " |"
     sections = [("1-event appends", "append-1"), ("100-event appends", "append-100"),
                 ("Zipf-distributed streams", "append-zipf"), ("One hot stream, expected_version", "append-hot"),
                 (f"Reading one {READ_STREAM_LENGTH:,}-event stream", "read-stream"),
@@ -289,6 +290,7 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
                 _fmt(r["p95_ms"], 2), _fmt(r["p99_ms"], 2), _fmt(r["p999_ms"], 2), _fmt(r["ratio"], 2),
                 _fmt(r["ratio_to_peer"], 2), str(r["conflicts"]), str(r["errors"]), _fmt(r["loadgen_cpu_pct"]),
                 _fmt(r["server_cpu_pct"]), _fmt(r["postgres_cpu_pct"]), _fmt(r["server_rss_mib"]),
+                _fmt(r.get("requests_per_transaction")),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -18,6 +18,7 @@ import re
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,11 +190,32 @@ class Run:
                     "stream": READ_STREAM, "length": READ_STREAM_LENGTH, "first_sequence": 1}
             return run_workers("dbload", [spec], t, server_pid=None, postgres_pid=pg)
         assert self.sidecar is not None, "sidecar cases need a running sidecar"
+        before = self.batches()
         if case.target == "grpc":
-            return self._grpc(case)
-        if case.target == "rest":
-            return self._rest(case)
-        raise ValueError(f"no runner for {case}")
+            m = self._grpc(case)
+        elif case.target == "rest":
+            m = self._rest(case)
+        else:
+            raise ValueError(f"no runner for {case}")
+        after = self.batches()
+        if case.operation == "append" and after[1] > before[1]:
+            # requests per group-commit transaction over the case (warm-up included)
+            m.extra["requests_per_transaction"] = (after[0] - before[0]) / (after[1] - before[1])
+        return m
+
+    def batches(self) -> tuple[float, float]:
+        """The sidecar's group-commit histogram: (requests, transactions) so far."""
+        assert self.sidecar is not None
+        values = {"sum": 0.0, "count": 0.0}
+        try:
+            with urllib.request.urlopen(f"{self.sidecar.base_url}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    for key in values:
+                        if line.startswith(f"eventstore_group_commit_batch_size_{key} "):
+                            values[key] = float(line.split()[-1])
+        except OSError:
+            pass
+        return values["sum"], values["count"]
 
     def profile_path(self, case: Case) -> Path | None:
         if self.settings.profile_dir is None:
