@@ -84,23 +84,31 @@ class Monitor(threading.Thread):
         self.start_at, self.until = start_at, until - min(0.1, 0.05 * (until - start_at))
         self.server_cpu: list[float] = []
         self.pg_cpu: list[dict[int, float]] = []
+        self.sampled_at: list[float] = []
         self.rss_peak = 0
 
     def _pg_cpu(self) -> dict[int, float]:
-        """CPU seconds of the postmaster and each backend, by pid."""
+        """CPU seconds of the postmaster and each backend, by pid.
+
+        From ``/proc/PID/schedstat`` (nanoseconds): ``/proc/PID/stat`` counts in 10 ms ticks, and 128
+        backends that each work a few milliseconds in a window would all round down to nothing.
+        """
         if not self.postgres_pid:
             return {}
-        try:
-            parent = psutil.Process(self.postgres_pid)
-            procs = [parent, *parent.children(recursive=True)]
-        except psutil.Error:
-            return {}
+        procs: list[psutil.Process] = []
+        for _ in range(5):  # a backend exiting while the process table is read makes children() fail
+            try:
+                parent = psutil.Process(self.postgres_pid)
+                procs = [parent, *parent.children(recursive=True)]
+                break
+            except psutil.Error:
+                time.sleep(0.005)
         times: dict[int, float] = {}
         for p in procs:
             try:
-                t = p.cpu_times()
-                times[p.pid] = float(t.user + t.system)
-            except psutil.Error:
+                with open(f"/proc/{p.pid}/schedstat") as f:
+                    times[p.pid] = int(f.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
                 pass
         return times
 
@@ -119,6 +127,7 @@ class Monitor(threading.Thread):
         time.sleep(max(0.0, self.start_at - time.time()))
         self.server_cpu.append(self._server_cpu())
         self.pg_cpu.append(self._pg_cpu())
+        self.sampled_at.append(time.time())
         while time.time() < self.until:
             if self.server is not None:
                 try:
@@ -128,6 +137,7 @@ class Monitor(threading.Thread):
             time.sleep(min(0.2, max(0.0, self.until - time.time())))
         self.server_cpu.append(self._server_cpu())
         self.pg_cpu.append(self._pg_cpu())
+        self.sampled_at.append(time.time())
         if self.sampler is not None:
             self.sampler.join()
 
