@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+
+# The operator's drift timer interval is read when its handlers are registered, i.e. when any test
+# module first imports the operator; set it before any of them is collected: check drift every 2 s.
+os.environ.setdefault("EVENTSTORE_OPERATOR_DRIFT_INTERVAL_SECONDS", "2")
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg

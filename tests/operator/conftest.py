@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-# Read by the operator's handlers when they are registered (at import): check drift every 2 s.
-os.environ.setdefault("EVENTSTORE_OPERATOR_DRIFT_INTERVAL_SECONDS", "2")
-
+# The drift interval is set in tests/conftest.py: the operator reads it when its handlers are
+# registered (at import), and tests/deploy imports the operator before this file is loaded.
 import pytest
 import yaml
 from kmock import Server
