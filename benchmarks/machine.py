@@ -53,7 +53,11 @@ def describe(postgres_version: str, data_dir: Path | None = None, repo: Path | N
         if len(lines) > 1:
             parts = lines[1].split()
             filesystem = f"{parts[1]} ({parts[0]})" if len(parts) > 1 else lines[1]
-    virt = _run("systemd-detect-virt") or ("KVM guest" if "hypervisor" in _first("/proc/cpuinfo", "flags") else "")
+    hypervisor = next((line.split(":", 1)[1].strip() for line in _run("lscpu").splitlines()
+                       if line.startswith("Hypervisor vendor")), "")
+    container = _run("systemd-detect-virt")
+    virt = ", ".join(x for x in (f"{container} container" if container and container != "none" else "",
+                                 f"{hypervisor} virtual machine" if hypervisor else "") if x) or "bare metal"
     return {
         "cpu_model": _first("/proc/cpuinfo", "model name"),
         "cpu_cores": os.cpu_count(),
