@@ -270,7 +270,9 @@ def validate_version_bound(value: object, field_name: str, minimum: int = 0) -> 
     return value
 
 
-def prepare_event(event: EventEnvelope, index: int, stream_id: StreamId | None = None) -> PreparedEvent:
+def prepare_event(
+    event: EventEnvelope, index: int, stream_id: StreamId | None = None, default_time: datetime | None = None
+) -> PreparedEvent:
     where = f"events[{index}]"
     if not isinstance(event, EventEnvelope):
         raise ValidationError(f"{where} must be an EventEnvelope", field=where)
@@ -288,7 +290,7 @@ def prepare_event(event: EventEnvelope, index: int, stream_id: StreamId | None =
     metadata_json = encode_json(metadata, f"{where}.metadata")
     if event.event_id is not None and not isinstance(event.event_id, uuid.UUID):
         raise ValidationError(f"{where}.event_id must be a UUID", field=f"{where}.event_id")
-    occurred_at = event.occurred_at or _utcnow()
+    occurred_at = event.occurred_at or default_time or _utcnow()
     if occurred_at.tzinfo is None:
         raise ValidationError(f"{where}.occurred_at must carry a time zone", field=f"{where}.occurred_at")
     return PreparedEvent(
@@ -321,7 +323,8 @@ def prepare_append(
             f"at most {max_events} events may be appended at once (got {len(events)})", field="events"
         )
     expected = validate_expected_version(expected_version)
-    prepared = tuple(prepare_event(e, i, sid) for i, e in enumerate(events))
+    now = _utcnow()  # one "time of the append" for every event that names none
+    prepared = tuple(prepare_event(e, i, sid, now) for i, e in enumerate(events))
     seen: set[uuid.UUID] = set()
     for i, p in enumerate(prepared):
         if p.event_id in seen:

@@ -72,15 +72,20 @@ def _json_bytes(raw: bytes, field: str) -> Any:
         raise ValidationError(f"{field} is not valid UTF-8 JSON: {exc}", field=field) from None
 
 
+_NO_METADATA = pb.EventMetadata()
+
+
 def event_to_pb(e: EncodedEvent | EventEnvelope) -> pb.StoredEvent:
     encoded = encode_event(e) if isinstance(e, EventEnvelope) else e
+    # Most events carry no metadata: skip the parse (a hot path of every read).
+    metadata = _NO_METADATA if encoded.metadata_json == "{}" else metadata_to_pb(json.loads(encoded.metadata_json))
     return pb.StoredEvent(
         stream_id=encoded.stream_id,
         sequence=encoded.sequence,
         event_type=encoded.event_type,
         version=encoded.version,
         payload_json=encoded.payload_json.encode(),
-        metadata=metadata_to_pb(json.loads(encoded.metadata_json)),
+        metadata=metadata,
         occurred_at=encoded.occurred_at,
         stored_at=encoded.stored_at,
         event_id=encoded.event_id,
@@ -121,11 +126,11 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     async def AppendEvents(self, request: pb.AppendEventsRequest, context: Any) -> pb.AppendEventsResponse:
         events = [event_from_pb(d, i) for i, d in enumerate(request.events)]
         expected = request.expected_version if request.HasField("expected_version") else None
-        result = await self.service.append(request.stream_id, events, expected, current_principal())
+        appended = await self.service.append(request.stream_id, events, expected, current_principal())
         return pb.AppendEventsResponse(
-            stream_id=str(result.stream_id),
-            events=[event_to_pb(e) for e in result.events],
-            current_version=result.current_version,
+            stream_id=str(appended.result.stream_id),
+            events=[event_to_pb(e) for e in appended.events],
+            current_version=appended.result.current_version,
         )
 
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:

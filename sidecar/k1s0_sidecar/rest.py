@@ -195,13 +195,13 @@ class RestApi:
 
     async def append(self, request: web.Request) -> web.Response:
         events, expected = wire.parse_append(await _body(request))
-        result = await self.service.append(
+        appended = await self.service.append(
             request.match_info["stream_id"], events, expected, request.get(PRINCIPAL_KEY)
         )
-        stored = wire.events_text([encode_event(e) for e in result.events])
+        result = appended.result
         return _json_text(
-            f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},"events":{stored},'
-            f'"current_version":{result.current_version}}}',
+            f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},'
+            f'"events":{wire.events_text(appended.events)},"current_version":{result.current_version}}}',
             201,
         )
 
@@ -232,13 +232,13 @@ class RestApi:
         return _json_text(wire.event_text(encode_event(event)))
 
     async def read_all(self, request: web.Request) -> web.Response:
-        events, head = await self.service.read_all(
+        documents, head = await self.service.read_all_documents(
             _query_int(request, "after_sequence") or 0,
             _query_int(request, "limit"),
             request.query.getall("stream_prefix", []),
             request.query.getall("event_type", []),
         )
-        return _json_text(f'{{"events":{wire.events_text(events)},"head_sequence":{head}}}')
+        return _json_text(f'{{"events":[{",".join(documents)}],"head_sequence":{head}}}')
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
         version, kind, state = wire.parse_snapshot(await _body(request))

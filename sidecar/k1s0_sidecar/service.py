@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from k1s0_event_store import (
+    AppendRequest,
     AppendResult,
     DocumentPage,
     EncodedEvent,
@@ -29,7 +30,7 @@ from k1s0_event_store import (
     encode_event,
     prepare_append,
 )
-from k1s0_event_store._model import MAX_INT64, validate_version_bound
+from k1s0_event_store._model import MAX_INT64, rfc3339, validate_version_bound
 
 from .authz import Principal
 from .config import EventStoreSection
@@ -41,6 +42,40 @@ from .wire import event_text
 AUTHENTICATED_SUBJECT_KEY = "authenticated_subject"
 READ_ALL_MAX = 1000
 READ_ALL_DEFAULT = 500
+
+
+@dataclass(frozen=True)
+class Appended:
+    """An append's result, with its events already encoded for the wire."""
+
+    result: AppendResult
+    events: list[EncodedEvent]
+
+
+def _encode_appended(request: AppendRequest, result: AppendResult) -> list[EncodedEvent]:
+    """Encode the stored events from the request's own JSON text instead of serialising them again.
+
+    A fresh write returns envelopes that hold the request's very payload and metadata objects; an
+    idempotent replay returns what was stored earlier, which is encoded from the stored values."""
+    times: dict[datetime | None, str] = {}
+
+    def when(value: datetime | None) -> str:
+        text = times.get(value)
+        if text is None:
+            text = times[value] = rfc3339(value)
+        return text
+
+    out: list[EncodedEvent] = []
+    for stored, prepared in zip(result.events, request.events, strict=False):
+        if stored.payload is not prepared.payload or stored.metadata is not prepared.metadata:
+            out.append(encode_event(stored))
+            continue
+        out.append(EncodedEvent(
+            stream_id=stored.stream, sequence=stored.sequence or 0, event_type=stored.event_type,
+            version=stored.version or 0, payload_json=prepared.payload_json, metadata_json=prepared.metadata_json,
+            occurred_at=when(stored.occurred_at), stored_at=when(stored.stored_at), event_id=str(prepared.event_id),
+        ))
+    return out
 
 
 @dataclass(frozen=True)
@@ -79,7 +114,7 @@ class EventStoreService:
         events: Sequence[EventEnvelope],
         expected_version: int | None,
         principal: Principal | None = None,
-    ) -> AppendResult:
+    ) -> Appended:
         if principal is not None and not principal.anonymous:
             events = [_audited(e, principal.subject) for e in events]
         request = prepare_append(
@@ -102,7 +137,7 @@ class EventStoreService:
         self.metrics.events_appended.inc(len(result.events))
         if result.events and result.events[0].version == 1 and result.events[0].event_id == request.events[0].event_id:
             self.metrics.streams_created.inc()
-        return result
+        return Appended(result, _encode_appended(request, result))
 
     async def read_stream(
         self,
@@ -162,12 +197,9 @@ class EventStoreService:
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
     ) -> tuple[list[EncodedEvent], int]:
-        validate_version_bound(after_sequence, "after_sequence", 0)
-        count = READ_ALL_DEFAULT if not limit else validate_version_bound(limit, "limit", 1)
-        if count > READ_ALL_MAX:
-            raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
+        """Every stream's events after ``after_sequence``, and the head sequence."""
+        count, kw = self._read_all_args(after_sequence, limit, stream_prefixes, event_types)
         head = await self.store.head_sequence()
-        kw: dict[str, Any] = {"stream_prefixes": list(stream_prefixes), "event_types": list(event_types)}
         encoded = getattr(self.store, "read_all_encoded", None)
         if encoded is not None:
             events: list[EncodedEvent] = await encoded(after_sequence, count, **kw)
@@ -175,6 +207,34 @@ class EventStoreService:
             events = [encode_event(e) for e in await self.store.read_all(after_sequence, count, **kw)]
         self.metrics.reads.labels("all").inc()
         return events, head
+
+    async def read_all_documents(
+        self,
+        after_sequence: int = 0,
+        limit: int | None = None,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+    ) -> tuple[list[str], int]:
+        """``read_all`` with each event as one JSON document (REST bodies)."""
+        count, kw = self._read_all_args(after_sequence, limit, stream_prefixes, event_types)
+        head = await self.store.head_sequence()
+        documents = getattr(self.store, "read_all_documents", None)
+        if documents is not None:
+            docs: list[str] = await documents(after_sequence, count, **kw)
+        else:
+            docs = [event_text(encode_event(e)) for e in await self.store.read_all(after_sequence, count, **kw)]
+        self.metrics.reads.labels("all").inc()
+        return docs, head
+
+    @staticmethod
+    def _read_all_args(
+        after_sequence: int, limit: int | None, stream_prefixes: Sequence[str], event_types: Sequence[str]
+    ) -> tuple[int, dict[str, Any]]:
+        validate_version_bound(after_sequence, "after_sequence", 0)
+        count = READ_ALL_DEFAULT if not limit else validate_version_bound(limit, "limit", 1)
+        if count > READ_ALL_MAX:
+            raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
+        return count, {"stream_prefixes": list(stream_prefixes), "event_types": list(event_types)}
 
     async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
         validate_version_bound(version, "snapshot_version", 1)

@@ -429,6 +429,20 @@ class PostgresEventStore(_PoolOwner, EventStore):
                                until_sequence)
         return [_encoded(r) for r in rows]
 
+    async def read_all_documents(
+        self,
+        after_sequence: int = 0,
+        limit: int = 1000,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
+    ) -> list[str]:
+        """``read_all`` as JSON documents built by PostgreSQL (the REST body's events)."""
+        rows = await self._all(_DOCUMENT_COLUMNS, after_sequence, limit, stream_prefixes, event_types,
+                               until_sequence)
+        return [r["doc"] for r in rows]
+
     async def _all(
         self, columns: str, after_sequence: int, limit: int, stream_prefixes: Sequence[str],
         event_types: Sequence[str], until_sequence: int | None,
