@@ -344,4 +344,5 @@ def write(data: dict[str, Any], results_path: Path, docs_dir: Path, *, with_plot
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(data, indent=1) + "\n")
     images = plots(data, docs_dir / "img") if with_plots else []
+    docs_dir.mkdir(parents=True, exist_ok=True)  # plots may be off, so nothing else created it
     (docs_dir / "benchmarks.md").write_text(markdown(data, images, docs_dir))
