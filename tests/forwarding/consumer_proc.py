@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from tests.support.kafka import CONSUMER_GROUP_TIMEOUTS
 
 
 def dump(path: str, stats: dict[str, int]) -> None:
-    Path(path).write_text(json.dumps(stats))
+    # Write then rename: the test reads this file while we rewrite it, and must never see it half written.
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(stats))
+    os.replace(tmp, path)
 
 
 async def main(bootstrap: str, topic: str, group: str, dsn: str, schema: str, stats_file: str) -> None:
