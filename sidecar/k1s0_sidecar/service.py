@@ -8,10 +8,10 @@ and render; errors are library exceptions, rendered by ``errors``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from k1s0_event_store import (
     AppendRequest,
@@ -37,6 +37,8 @@ from .config import EventStoreSection
 from .group_commit import GroupCommitter
 from .metrics import Metrics
 from .wire import event_text
+
+T = TypeVar("T")
 
 #: Metadata key that always records who appended, whatever the client wrote elsewhere.
 AUTHENTICATED_SUBJECT_KEY = "authenticated_subject"
@@ -198,15 +200,8 @@ class EventStoreService:
         event_types: Sequence[str] = (),
     ) -> tuple[list[EncodedEvent], int]:
         """Every stream's events after ``after_sequence``, and the head sequence."""
-        count, kw = self._read_all_args(after_sequence, limit, stream_prefixes, event_types)
-        head = await self.store.head_sequence()
-        encoded = getattr(self.store, "read_all_encoded", None)
-        if encoded is not None:
-            events: list[EncodedEvent] = await encoded(after_sequence, count, **kw)
-        else:
-            events = [encode_event(e) for e in await self.store.read_all(after_sequence, count, **kw)]
-        self.metrics.reads.labels("all").inc()
-        return events, head
+        return await self._read_all(after_sequence, limit, stream_prefixes, event_types, "read_all_encoded",
+                                    encode_event)
 
     async def read_all_documents(
         self,
@@ -216,15 +211,29 @@ class EventStoreService:
         event_types: Sequence[str] = (),
     ) -> tuple[list[str], int]:
         """``read_all`` with each event as one JSON document (REST bodies)."""
+        return await self._read_all(after_sequence, limit, stream_prefixes, event_types, "read_all_documents",
+                                    lambda e: event_text(encode_event(e)))
+
+    async def _read_all(
+        self,
+        after_sequence: int,
+        limit: int | None,
+        stream_prefixes: Sequence[str],
+        event_types: Sequence[str],
+        rendered: str,
+        render: Callable[[EventEnvelope], T],
+    ) -> tuple[list[T], int]:
+        """Read through the store's ``rendered`` method (PostgreSQL renders the events), or through
+        ``read_all`` and ``render`` for stores that have no such method."""
         count, kw = self._read_all_args(after_sequence, limit, stream_prefixes, event_types)
         head = await self.store.head_sequence()
-        documents = getattr(self.store, "read_all_documents", None)
-        if documents is not None:
-            docs: list[str] = await documents(after_sequence, count, **kw)
+        reader = getattr(self.store, rendered, None)
+        if reader is not None:
+            events: list[T] = await reader(after_sequence, count, **kw)
         else:
-            docs = [event_text(encode_event(e)) for e in await self.store.read_all(after_sequence, count, **kw)]
+            events = [render(e) for e in await self.store.read_all(after_sequence, count, **kw)]
         self.metrics.reads.labels("all").inc()
-        return docs, head
+        return events, head
 
     @staticmethod
     def _read_all_args(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, ValidationError
+from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, ValidationError, encode_event
 from k1s0_event_store._model import rfc3339
 
 _EVENT_KEYS = {"event_type", "payload", "metadata", "event_id", "occurred_at"}
@@ -135,17 +135,9 @@ def events_text(events: list[EncodedEvent]) -> str:
 
 
 def event_json(e: EventEnvelope) -> dict[str, Any]:
-    return {
-        "stream_id": e.stream,
-        "sequence": e.sequence,
-        "event_type": e.event_type,
-        "version": e.version,
-        "payload": e.payload,
-        "metadata": dict(e.metadata),
-        "occurred_at": rfc3339(e.occurred_at),
-        "stored_at": rfc3339(e.stored_at),
-        "event_id": str(e.event_id) if e.event_id else None,
-    }
+    """A StoredEvent as a JSON object (the CLI's output): the same shape as ``event_text``."""
+    result: dict[str, Any] = json.loads(event_text(encode_event(e)))
+    return result
 
 
 def snapshot_json(s: Snapshot, *, with_state: bool) -> dict[str, Any]:
