@@ -19,6 +19,7 @@ from k1s0_event_store import (
     EncodedPage,
     EventEnvelope,
     EventStoreError,
+    PermissionDeniedError,
     Snapshot,
     ValidationError,
     encode_event,
@@ -294,8 +295,6 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
 
     def _refuse(self, method: str) -> Callable[[Any, Any], Awaitable[Any]]:
         async def refuse(request: Any, context: Any) -> Any:
-            from k1s0_event_store import PermissionDeniedError
-
             await self._abort(context, PermissionDeniedError(f"no authorisation rule for {method}"),
                               new_request_id(), method, time.perf_counter())
 

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnapshotStore, create_pool
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
-from k1s0_event_store.schema import migrate
+from k1s0_event_store.schema import migrate, quote_ident
 
 from .authz import Authenticator, NoAuthenticator
 from .config import Config
@@ -113,7 +113,8 @@ class Maintenance:
         while True:
             try:
                 async with rt.pool.acquire() as conn:
-                    count = await conn.fetchval(f'SELECT count(*) FROM "{rt.config.database.schema}".event_streams')
+                    schema = quote_ident(rt.config.database.schema, "schema")
+                    count = await conn.fetchval(f"SELECT count(*) FROM {schema}.event_streams")
                 rt.metrics.streams.set(count)
                 days = rt.config.event_store.snapshot_retention_days
                 if days and time.monotonic() - last_prune > 3600:
