@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextvars
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -24,7 +25,7 @@ from k1s0_event_store import (
     ValidationError,
     encode_event,
 )
-from k1s0_event_store._model import rfc3339
+from k1s0_event_store._model import AppendRequest, AppendResult, PreparedEvent, prepare_json_event, rfc3339
 from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
@@ -33,7 +34,7 @@ from . import wire
 from .authz import Authenticator, Principal, Role, check
 from .errors import grpc_status, new_request_id
 from .metrics import Metrics
-from .service import EventStoreService
+from .service import EventStoreService, audit_subject, audited_metadata
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStoreService"].full_name
 _PREFIX = f"/{SERVICE_NAME}/"
@@ -93,15 +94,54 @@ def event_to_pb(e: EncodedEvent | EventEnvelope) -> pb.StoredEvent:
     )
 
 
-def event_from_pb(d: pb.EventData, index: int) -> EventEnvelope:
+def prepared_from_pb(d: pb.EventData, index: int, subject: str | None, now: datetime) -> PreparedEvent:
+    """An appended event straight from the wire: its payload JSON text is validated and kept."""
     where = f"events[{index}]"
-    return EventEnvelope(
-        event_type=d.event_type,
-        payload=_json_bytes(d.payload_json, f"{where}.payload_json"),
-        metadata=metadata_from_pb(d.metadata, f"{where}.metadata"),
+    try:
+        text = d.payload_json.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            f"{where}.payload_json is not valid UTF-8: {exc}", field=f"{where}.payload_json"
+        ) from None
+    metadata = metadata_from_pb(d.metadata, f"{where}.metadata") if d.HasField("metadata") else None
+    if subject is not None:
+        metadata = audited_metadata(dict(metadata or {}), subject)
+    return prepare_json_event(
+        d.event_type, text, metadata, index,
         event_id=wire.parse_uuid(d.event_id, f"{where}.event_id") if d.event_id else None,
         occurred_at=wire.parse_time(d.occurred_at, f"{where}.occurred_at") if d.occurred_at else None,
+        default_time=now,
     )
+
+
+def appended_to_pb(
+    request: AppendRequest, result: AppendResult, data: Sequence[pb.EventData], audited: bool
+) -> list[pb.StoredEvent]:
+    """The stored events of an append, answered from the request itself: its payload bytes and
+    metadata message are echoed, not re-encoded. An idempotent replay answers what was stored."""
+    times: dict[datetime | None, str] = {}
+
+    def when(value: datetime | None) -> str:
+        text = times.get(value)
+        if text is None:
+            text = times[value] = rfc3339(value)
+        return text
+
+    out: list[pb.StoredEvent] = []
+    for stored, p, d in zip(result.events, request.events, data, strict=False):
+        if stored.payload is not p.payload:
+            out.append(event_to_pb(stored))
+            continue
+        # audited: the stored metadata carries the subject, so it differs from the request's
+        metadata = (
+            metadata_to_pb(p.metadata) if audited else d.metadata if d.HasField("metadata") else _NO_METADATA
+        )
+        out.append(pb.StoredEvent(
+            stream_id=result.stream_id.value, sequence=stored.sequence or 0, event_type=p.event_type,
+            version=stored.version or 0, payload_json=d.payload_json, metadata=metadata,
+            occurred_at=when(p.occurred_at), stored_at=when(stored.stored_at), event_id=str(p.event_id),
+        ))
+    return out
 
 
 def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
@@ -125,13 +165,16 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         self.subscriptions: Any = None
 
     async def AppendEvents(self, request: pb.AppendEventsRequest, context: Any) -> pb.AppendEventsResponse:
-        events = [event_from_pb(d, i) for i, d in enumerate(request.events)]
+        subject = audit_subject(current_principal())
+        now = datetime.now(UTC)  # one "time of the append" for every event that names none
+        data = request.events
+        events = [prepared_from_pb(d, i, subject, now) for i, d in enumerate(data)]
         expected = request.expected_version if request.HasField("expected_version") else None
-        appended = await self.service.append(request.stream_id, events, expected, current_principal())
+        append, result = await self.service.append_prepared(request.stream_id, events, expected)
         return pb.AppendEventsResponse(
-            stream_id=str(appended.result.stream_id),
-            events=[event_to_pb(e) for e in appended.events],
-            current_version=appended.result.current_version,
+            stream_id=result.stream_id.value,
+            events=appended_to_pb(append, result, data, subject is not None),
+            current_version=result.current_version,
         )
 
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:

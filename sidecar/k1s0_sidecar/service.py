@@ -30,7 +30,7 @@ from k1s0_event_store import (
     encode_event,
     prepare_append,
 )
-from k1s0_event_store._model import MAX_INT64, rfc3339, validate_version_bound
+from k1s0_event_store._model import MAX_INT64, PreparedEvent, prepared_append, rfc3339, validate_version_bound
 
 from .authz import Principal
 from .config import EventStoreSection
@@ -117,11 +117,24 @@ class EventStoreService:
         expected_version: int | None,
         principal: Principal | None = None,
     ) -> Appended:
-        if principal is not None and not principal.anonymous:
-            events = [_audited(e, principal.subject) for e in events]
+        subject = audit_subject(principal)
+        if subject is not None:
+            events = [_audited(e, subject) for e in events]
         request = prepare_append(
             stream_id, events, expected_version, max_events=self.settings.max_events_per_append
         )
+        result = await self.commit(request)
+        return Appended(result, _encode_appended(request, result))
+
+    async def append_prepared(
+        self, stream_id: str, events: Sequence[PreparedEvent], expected_version: int | None
+    ) -> tuple[AppendRequest, AppendResult]:
+        """An append whose events the edge prepared itself from their wire form (JSON text kept,
+        audit metadata already applied with ``audited_metadata``); the edge renders the answer."""
+        request = prepared_append(stream_id, events, expected_version, max_events=self.settings.max_events_per_append)
+        return request, await self.commit(request)
+
+    async def commit(self, request: AppendRequest) -> AppendResult:
         started = time.perf_counter()
         try:
             if self.committer is not None:
@@ -139,7 +152,7 @@ class EventStoreService:
         self.metrics.events_appended.inc(len(result.events))
         if result.events and result.events[0].version == 1 and result.events[0].event_id == request.events[0].event_id:
             self.metrics.streams_created.inc()
-        return Appended(result, _encode_appended(request, result))
+        return result
 
     async def read_stream(
         self,
@@ -268,12 +281,21 @@ class EventStoreService:
         return removed
 
 
-def _audited(event: EventEnvelope, subject: str) -> EventEnvelope:
+def audit_subject(principal: Principal | None) -> str | None:
+    """The subject an append is recorded under, or None (auth off, anonymous)."""
+    return principal.subject if principal is not None and not principal.anonymous else None
+
+
+def audited_metadata(metadata: dict[str, Any], subject: str) -> dict[str, Any]:
     """Seed 001's audit rule: the actor defaults to the token's subject, which is always recorded."""
-    metadata = dict(event.metadata) if isinstance(event.metadata, dict) else event.metadata
-    if not isinstance(metadata, dict):
-        return event  # not an object: prepare_append rejects it with a clear message
     if metadata.get("actor_id") is None:
         metadata["actor_id"] = subject
     metadata[AUTHENTICATED_SUBJECT_KEY] = subject
-    return replace(event, metadata=metadata)
+    return metadata
+
+
+def _audited(event: EventEnvelope, subject: str) -> EventEnvelope:
+    metadata = dict(event.metadata) if isinstance(event.metadata, dict) else event.metadata
+    if not isinstance(metadata, dict):
+        return event  # not an object: prepare_append rejects it with a clear message
+    return replace(event, metadata=audited_metadata(metadata, subject))

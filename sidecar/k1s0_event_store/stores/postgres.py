@@ -242,33 +242,41 @@ class PostgresEventStore(_PoolOwner, EventStore):
         inserted: dict[uuid.UUID, tuple[int, datetime]] = {}
         if writes:
             final: dict[str, tuple[str, int]] = {}
-            cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+            ids: list[uuid.UUID] = []
+            sids: list[str] = []
+            numbers: list[int] = []
+            types: list[str] = []
+            payloads: list[str] = []
+            metas: list[str] = []
+            times: list[datetime] = []
             for w in writes:
-                sid = str(w.request.stream_id)
-                final[sid] = (w.request.stream_id.aggregate_type, w.first_version + len(w.request.events) - 1)
-                for i, p in enumerate(w.request.events):
-                    for col, value in zip(
-                        cols,
-                        (p.event_id, sid, w.first_version + i, p.event_type, p.payload_json, p.metadata_json,
-                         p.occurred_at),
-                        strict=True,
-                    ):
-                        col.append(value)
+                events, first = w.request.events, w.first_version
+                sid, n = str(w.request.stream_id), len(events)
+                final[sid] = (w.request.stream_id.aggregate_type, first + n - 1)
+                sids += [sid] * n
+                numbers += range(first, first + n)
+                for p in events:
+                    ids.append(p.event_id)
+                    types.append(p.event_type)
+                    payloads.append(p.payload_json)
+                    metas.append(p.metadata_json)
+                    times.append(p.occurred_at)
             rows = await conn.fetch(
-                self._sql_write, *cols, list(final), [v[0] for v in final.values()], [v[1] for v in final.values()]
+                self._sql_write, ids, sids, numbers, types, payloads, metas, times,
+                list(final), [v[0] for v in final.values()], [v[1] for v in final.values()],
             )
             for row in rows:
-                inserted[row["event_id"]] = (row["sequence"], row["stored_at"])
+                inserted[row[0]] = (row[1], row[2])
 
         results: list[AppendResult | EventStoreError] = []
         for d in decisions:
             if isinstance(d, Write):
                 req = d.request
-                events = [
+                stored = [
                     envelope_from_prepared(p, req.stream_id, d.first_version + i, *inserted[p.event_id])
                     for i, p in enumerate(req.events)
                 ]
-                results.append(AppendResult(req.stream_id, events, d.first_version + len(events) - 1))
+                results.append(AppendResult(req.stream_id, stored, d.first_version + len(stored) - 1))
             elif isinstance(d, Replay):
                 results.append(AppendResult(d.request.stream_id, d.stored, d.stored[-1].version or 0))
             elif isinstance(d, ReplayOf):
