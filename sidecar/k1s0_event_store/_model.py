@@ -120,8 +120,7 @@ class StreamPage:
     total_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedEvent:
+class EncodedEvent(NamedTuple):
     """A stored event as the protocol edges send it: JSON already encoded, times already RFC 3339
     with milliseconds. PostgreSQL produces these directly for reads, so events that are only passed
     through are never decoded and re-encoded; ``encode_event`` makes one from an envelope."""
