@@ -158,6 +158,11 @@ def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
 # -- servicer ------------------------------------------------------------------------------------
 
 
+def _notification(e: EncodedEvent) -> pb.EventNotification:
+    """A subscription's message for one event; built once and sent to every subscriber (read-only)."""
+    return pb.EventNotification(event=event_to_pb(e))
+
+
 class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     def __init__(self, service: EventStoreService) -> None:
         self.service = service
@@ -244,20 +249,20 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     ) -> AsyncIterator[pb.EventNotification]:
         if self.subscriptions is None:
             raise EventStoreError("subscriptions are not enabled")
-        async for event in self.subscriptions.stream(request.stream_id, request.after_version, request.from_end):
-            if event is not None:
-                yield pb.EventNotification(event=event_to_pb(event))
+        async for batch in self.subscriptions.stream(request.stream_id, request.after_version, request.from_end):
+            for delivery in batch or ():
+                yield delivery.render(_notification)
 
     async def SubscribeToAll(  # type: ignore[override]
         self, request: pb.SubscribeToAllRequest, context: Any
     ) -> AsyncIterator[pb.EventNotification]:
         if self.subscriptions is None:
             raise EventStoreError("subscriptions are not enabled")
-        async for event in self.subscriptions.all(
+        async for batch in self.subscriptions.all(
             request.after_sequence, list(request.stream_prefixes), list(request.event_types), request.from_end
         ):
-            if event is not None:
-                yield pb.EventNotification(event=event_to_pb(event))
+            for delivery in batch or ():
+                yield delivery.render(_notification)
 
 
 # -- interceptor ---------------------------------------------------------------------------------

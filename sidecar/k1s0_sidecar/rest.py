@@ -303,6 +303,8 @@ class RestApi:
         return await self._sse(request, events)
 
     async def _sse(self, request: web.Request, events: Any) -> web.StreamResponse:
+        from .subscriptions import sse_frame  # (the edge's one use of the hub's renderer)
+
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -310,12 +312,12 @@ class RestApi:
         await response.prepare(request)
         await response.write(b": subscribed\n\n")
         try:
-            async for event in events:
-                if event is None:
+            async for batch in events:
+                if batch is None:
                     await response.write(b": keep-alive\n\n")
                     continue
-                data = wire.event_text(encode_event(event))
-                await response.write(f"id: {event.sequence}\ndata: {data}\n\n".encode())
+                # every event of the batch with one write; each frame is rendered once per hub event
+                await response.write(b"".join([delivery.render(sse_frame) for delivery in batch]))
         except (ConnectionResetError, ConnectionError):
             return response  # the client went away
         except Exception as exc:

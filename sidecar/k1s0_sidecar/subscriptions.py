@@ -13,6 +13,12 @@ everything at or below ``H`` is already readable; duplicates are dropped by posi
 Memory is bounded: a subscriber's queue holds at most ``buffer`` events. One that falls that far
 behind is dropped from the hub (the hub never waits for it) and goes back to reading from the
 database where it left off; appends and other subscribers never slow down because of it.
+
+Events travel as PostgreSQL rendered them (``EncodedEvent``: JSON text, RFC 3339 times), never
+decoded. Each is wrapped once in a ``Delivery`` that every subscriber shares, so an edge renders an
+event's wire form (protobuf message, SSE frame) once for all its subscribers (``Delivery.render``).
+Subscribers receive batches: whatever their queue holds, up to ``_BATCH`` events, so an edge whose
+protocol allows it (SSE) writes them with one write.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from k1s0_event_store import (
-    EventEnvelope,
+    EncodedEvent,
     PostgresEventStore,
     StreamId,
     StreamNotFoundError,
@@ -37,9 +43,53 @@ from k1s0_event_store import (
 from k1s0_event_store._model import MAX_EVENT_TYPE_LENGTH, validate_filters, validate_version_bound
 from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
 
+from . import wire
+
 log = logging.getLogger(__name__)
 
 _PAGE = 500
+#: At most this many queued events are handed to a subscriber at once.
+_BATCH = 256
+
+T = TypeVar("T")
+
+
+class Delivery:
+    """One committed event as every subscriber receives it: rendered once per wire form."""
+
+    __slots__ = ("_rendered", "event")
+
+    def __init__(self, event: EncodedEvent) -> None:
+        self.event = event
+        self._rendered: dict[Callable[[EncodedEvent], Any], Any] | None = None
+
+    @property
+    def sequence(self) -> int:
+        return self.event.sequence
+
+    @property
+    def version(self) -> int:
+        return self.event.version
+
+    def render(self, renderer: Callable[[EncodedEvent], T]) -> T:
+        """``renderer(event)``, computed on the first call and shared by every later caller.
+
+        ``renderer`` must be a module-level function (it is the cache key) whose result nobody
+        mutates: every subscriber gets the same object."""
+        rendered = self._rendered
+        if rendered is None:
+            rendered = self._rendered = {}
+        elif renderer in rendered:
+            result: T = rendered[renderer]
+            return result
+        result = rendered[renderer] = renderer(self.event)
+        return result
+
+
+def sse_frame(event: EncodedEvent) -> bytes:
+    """An event as one server-sent event: its sequence as the id, the StoredEvent JSON as data."""
+    return f"id: {event.sequence}\ndata: {wire.event_text(event)}\n\n".encode()
+
 
 
 class _Signal:
@@ -53,12 +103,14 @@ class _Signal:
 LAGGED = _Signal("LAGGED")
 DELETED = _Signal("DELETED")
 CLOSED = _Signal("CLOSED")
-Item = EventEnvelope | _Signal
+Item = Delivery | _Signal
+#: What a subscription yields: a non-empty batch of events in order, or ``None`` (keep-alive).
+Batch = list[Delivery] | None
 
 
 @dataclass(eq=False)
 class Subscriber:
-    matches: Callable[[EventEnvelope], bool]
+    matches: Callable[[EncodedEvent], bool]
     stream: str | None = None
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
 
@@ -154,7 +206,7 @@ class SubscriptionHub:
                         self.head = max(self.head, head)
                         continue
                 while True:
-                    events = await self.store.read_all(self.head, 1000)
+                    events = await self.store.read_all_encoded(self.head, 1000)
                     for event in events:
                         self._dispatch(event)
                     if len(events) < 1000:
@@ -162,8 +214,9 @@ class SubscriptionHub:
             except (UnavailableError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("subscription reader: %s", exc)
 
-    def _dispatch(self, event: EventEnvelope) -> None:
+    def _dispatch(self, event: EncodedEvent) -> None:
         self.head = event.sequence or self.head
+        delivery: Delivery | None = None
         for sub in list(self._subscribers):
             if not sub.matches(event):
                 continue
@@ -174,7 +227,9 @@ class SubscriptionHub:
                 if self.on_lag:
                     self.on_lag()
                 continue
-            sub.queue.put_nowait(event)
+            if delivery is None:
+                delivery = Delivery(event)
+            sub.queue.put_nowait(delivery)
 
     def _register(self, sub: Subscriber) -> int:
         if self._closed:
@@ -200,14 +255,22 @@ class SubscriptionHub:
 
     # -- the subscription API ----------------------------------------------------------------------
 
-    async def _live(self, sub: Subscriber, heartbeat: bool) -> AsyncIterator[Item | None]:
+    async def _live(self, sub: Subscriber, heartbeat: bool) -> AsyncIterator[list[Item] | None]:
+        """What the hub queued for ``sub``: everything queued so far (up to ``_BATCH``) at once."""
+        queue = sub.queue
         while True:
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), self.keepalive if heartbeat else None)
-            except TimeoutError:
-                yield None
-                continue
-            yield item
+            if queue.empty():
+                try:
+                    first = await asyncio.wait_for(queue.get(), self.keepalive if heartbeat else None)
+                except TimeoutError:
+                    yield None
+                    continue
+            else:
+                first = queue.get_nowait()
+            items = [first]
+            while len(items) < _BATCH and not queue.empty():
+                items.append(queue.get_nowait())
+            yield items
 
     def all(
         self,
@@ -217,11 +280,12 @@ class SubscriptionHub:
         from_end: bool = False,
         *,
         heartbeat: bool = False,
-    ) -> AsyncIterator[EventEnvelope | None]:
+    ) -> AsyncIterator[Batch]:
         """Every matching event after ``after_sequence`` (or from now), in sequence order, forever.
 
-        Arguments are validated here, before anything is streamed. With ``heartbeat`` the iterator
-        yields ``None`` after ``keepalive`` seconds of silence (SSE keep-alive comments).
+        Yields non-empty batches of events. Arguments are validated here, before anything is
+        streamed. With ``heartbeat`` the iterator yields ``None`` after ``keepalive`` seconds of
+        silence (SSE keep-alive comments).
         """
         validate_version_bound(after_sequence, "after_sequence")
         prefixes = validate_filters(stream_prefixes, "stream_prefixes")
@@ -230,56 +294,66 @@ class SubscriptionHub:
 
     async def _all(
         self, after_sequence: int, prefixes: list[str], types: list[str], from_end: bool, heartbeat: bool
-    ) -> AsyncIterator[EventEnvelope | None]:
+    ) -> AsyncIterator[Batch]:
+        prefix_tuple = tuple(prefixes)
         type_set = frozenset(types)
 
-        def matches(e: EventEnvelope) -> bool:
-            return (not prefixes or e.stream.startswith(tuple(prefixes))) and (
+        def matches(e: EncodedEvent) -> bool:
+            return (not prefix_tuple or e.stream_id.startswith(prefix_tuple)) and (
                 not type_set or e.event_type in type_set
             )
 
         position = await self.store.head_sequence() if from_end else after_sequence
         while True:
             while True:  # catch-up from the database
-                batch = await self.store.read_all(position, _PAGE, stream_prefixes=prefixes, event_types=types)
-                for event in batch:
-                    position = event.sequence or position
-                    yield event
-                if len(batch) < _PAGE:
+                page = await self.store.read_all_encoded(position, _PAGE, stream_prefixes=prefixes, event_types=types)
+                if page:
+                    position = page[-1].sequence
+                    yield [Delivery(e) for e in page]
+                if len(page) < _PAGE:
                     break
             sub = Subscriber(matches)
             head = self._register(sub)
             try:
                 while position < head:  # what committed before registration: from the database
-                    batch = await self.store.read_all(
+                    page = await self.store.read_all_encoded(
                         position, _PAGE, stream_prefixes=prefixes, event_types=types, until_sequence=head
                     )
-                    for event in batch:
-                        position = event.sequence or position
-                        yield event
-                    if len(batch) < _PAGE:
+                    if page:
+                        position = page[-1].sequence
+                        yield [Delivery(e) for e in page]
+                    if len(page) < _PAGE:
                         position = max(position, head)
-                async for item in self._live(sub, heartbeat):  # live from the hub
-                    if item is None:
+                async for items in self._live(sub, heartbeat):  # live from the hub
+                    if items is None:
                         yield None
                         continue
-                    if item is LAGGED:
+                    batch: list[Delivery] = []
+                    end: _Signal | None = None
+                    for item in items:
+                        if isinstance(item, Delivery):
+                            if item.sequence > position:
+                                position = item.sequence
+                                batch.append(item)
+                        else:
+                            end = item
+                            break
+                    if batch:
+                        yield batch
+                    if end is LAGGED:
                         break
-                    if item is CLOSED:
+                    if end is CLOSED:
                         raise UnavailableError("the event store is shutting down; resume from the last position")
-                    if isinstance(item, EventEnvelope) and (item.sequence or 0) > position:
-                        position = item.sequence or position
-                        yield item
             finally:
                 self._unregister(sub)
 
     def stream(
         self, stream_id: str, after_version: int = 0, from_end: bool = False, *, heartbeat: bool = False
-    ) -> AsyncIterator[EventEnvelope | None]:
+    ) -> AsyncIterator[Batch]:
         """One stream's events after ``after_version`` (or from now), in version order, forever.
 
-        A stream that does not exist yet is waited for. Deleting the stream ends the subscription
-        with ``StreamNotFoundError``.
+        Yields non-empty batches of events. A stream that does not exist yet is waited for.
+        Deleting the stream ends the subscription with ``StreamNotFoundError``.
         """
         sid = StreamId.parse(stream_id)
         if isinstance(after_version, bool) or not isinstance(after_version, int) or after_version < 0:
@@ -287,42 +361,61 @@ class SubscriptionHub:
         validate_version_bound(after_version, "after_version")
         return self._stream(sid, after_version, from_end, heartbeat)
 
+    async def _page(self, sid: StreamId, after_version: int) -> list[EncodedEvent]:
+        """Up to ``_PAGE`` events of the stream after ``after_version``; none if it does not exist."""
+        try:
+            page = await self.store.read_stream_encoded(
+                sid, from_version=after_version + 1, to_version=after_version + _PAGE
+            )
+        except StreamNotFoundError:
+            return []
+        return page.events
+
     async def _stream(
         self, sid: StreamId, after_version: int, from_end: bool, heartbeat: bool
-    ) -> AsyncIterator[EventEnvelope | None]:
+    ) -> AsyncIterator[Batch]:
         name = str(sid)
         version = await self.store.current_version(sid) if from_end else after_version
         while True:
             while True:
-                batch = await self.store.load(sid, version + 1, version + _PAGE)
-                for event in batch:
-                    version = event.version or version
-                    yield event
-                if len(batch) < _PAGE:
+                page = await self._page(sid, version)
+                if page:
+                    version = page[-1].version
+                    yield [Delivery(e) for e in page]
+                if len(page) < _PAGE:
                     break
-            sub = Subscriber(lambda e: e.stream == name, stream=name)
+            sub = Subscriber(lambda e: e.stream_id == name, stream=name)
             head = self._register(sub)
             try:
                 while True:
-                    batch = [e for e in await self.store.load(sid, version + 1, version + _PAGE)
-                             if (e.sequence or 0) <= head]
-                    for event in batch:
-                        version = event.version or version
-                        yield event
-                    if len(batch) < _PAGE:
+                    full = await self._page(sid, version)
+                    page = [e for e in full if e.sequence <= head]
+                    if page:
+                        version = page[-1].version
+                        yield [Delivery(e) for e in page]
+                    if len(page) < _PAGE:
                         break
-                async for item in self._live(sub, heartbeat):
-                    if item is None:
+                async for items in self._live(sub, heartbeat):
+                    if items is None:
                         yield None
                         continue
-                    if item is LAGGED:
+                    batch: list[Delivery] = []
+                    end: _Signal | None = None
+                    for item in items:
+                        if isinstance(item, Delivery):
+                            if item.version > version:
+                                version = item.version
+                                batch.append(item)
+                        else:
+                            end = item
+                            break
+                    if batch:
+                        yield batch
+                    if end is LAGGED:
                         break
-                    if item is DELETED:
+                    if end is DELETED:
                         raise StreamNotFoundError(name)
-                    if item is CLOSED:
+                    if end is CLOSED:
                         raise UnavailableError("the event store is shutting down; resume from the last version")
-                    if isinstance(item, EventEnvelope) and (item.version or 0) > version:
-                        version = item.version or version
-                        yield item
             finally:
                 self._unregister(sub)
