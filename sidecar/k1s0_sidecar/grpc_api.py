@@ -281,6 +281,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, metrics: Metrics) -> None:
         self.authenticator = authenticator
         self.metrics = metrics
+        # The wrapped handler of each method, built on its first call: wrapping per call cost about
+        # a tenth of an empty RPC's CPU. Keyed by the inner handler, which the servicer's generic
+        # handler returns unchanged for every call of a method.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -291,10 +295,17 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         method_path: str = handler_call_details.method
         if handler is None or not method_path.startswith(_PREFIX):
             return handler
-        method = method_path[len(_PREFIX):]
+        cached = self._wrapped.get(method_path)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method_path] = (handler, self._wrap(method_path[len(_PREFIX):], handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         if method not in RPC_ROLES:  # fail closed: an RPC without a rule is refused
             return grpc.unary_unary_rpc_method_handler(self._refuse(method))
         required = RPC_ROLES[method]
+        ok = self.metrics.grpc_requests.labels(method, "OK")  # (labels() per call is a lookup with a lock)
+        latency = self.metrics.grpc_latency.labels(method)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -310,7 +321,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await self._abort(context, exc, request_id, method, started)
                     raise
-                self._observe(method, "OK", started)
+                ok.inc()
+                latency.observe(time.perf_counter() - started)
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
@@ -333,7 +345,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await self._abort(context, exc, request_id, method, started)
                     raise
-                self._observe(method, "OK", started)
+                ok.inc()
+                latency.observe(time.perf_counter() - started)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=handler.request_deserializer,
