@@ -124,10 +124,38 @@ async def test_not_found_codes(stub: pb_grpc.EventStoreServiceStub, stream: str)
                                                                          event_id="not-a-uuid")]),
         pb.AppendEventsRequest(stream_id="order-x", events=[pb.EventData(
             event_type="A", payload_json=b"{}", metadata=pb.EventMetadata(extra_json=b"[1]"))]),
+        # JSON that Python parses but jsonb refuses: refused before the append joins a batch
+        pb.AppendEventsRequest(stream_id="order-x", events=[pb.EventData(event_type="A", payload_json=b'{"a":NaN}')]),
+        pb.AppendEventsRequest(stream_id="order-x", events=[pb.EventData(event_type="A", payload_json=b"-Infinity")]),
+        pb.AppendEventsRequest(stream_id="order-x", events=[pb.EventData(event_type="A", payload_json=b'"\\u0000"')]),
+        pb.AppendEventsRequest(stream_id="order-x", events=[pb.EventData(event_type="A", payload_json=b'["\\ud800"]')]),
+        pb.AppendEventsRequest(stream_id="order-x", events=[pb.EventData(event_type="A", payload_json=b"\xff")]),
     ],
 )
 async def test_invalid_appends(stub: pb_grpc.EventStoreServiceStub, request_: pb.AppendEventsRequest) -> None:
     await expect_error(stub.AppendEvents(request_), grpc.StatusCode.INVALID_ARGUMENT, "SYS_EVSTORE_VALIDATION_ERROR")
+
+
+async def test_append_echoes_payload_bytes_and_bad_neighbours_do_not_fail_it(
+    stub: pb_grpc.EventStoreServiceStub, stream: str
+) -> None:
+    """The answer carries the request's own payload text (spacing, escapes); reads return jsonb's
+    rendering of the same JSON. Bad appends sent at the same moment (so they may share a group-commit
+    batch) fail alone."""
+    import asyncio
+
+    text = b'{ "b" : [1, 2.50],\n "a": "caf\\u00e9" }'
+    bad = [pb.AppendEventsRequest(stream_id=f"{stream}-bad{i}", events=[pb.EventData(
+        event_type="A", payload_json=body)]) for i, body in enumerate((b'["\\ud800"]', b'"\\u0000"', b"NaN"))]
+    good = pb.AppendEventsRequest(stream_id=stream, events=[pb.EventData(event_type="A", payload_json=text)])
+    results = await asyncio.gather(*(stub.AppendEvents(r) for r in [*bad, good, *bad]), return_exceptions=True)
+    answer = results[len(bad)]
+    assert isinstance(answer, pb.AppendEventsResponse), answer
+    assert answer.events[0].payload_json == text
+    for failed in results[:len(bad)] + results[len(bad) + 1:]:
+        assert isinstance(failed, grpc.aio.AioRpcError) and failed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    page = await stub.ReadEvents(pb.ReadEventsRequest(stream_id=stream))
+    assert [json.loads(e.payload_json) for e in page.events] == [{"a": "café", "b": [1, 2.5]}]
 
 
 async def test_invalid_reads(stub: pb_grpc.EventStoreServiceStub, stream: str) -> None:
