@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -13,9 +13,11 @@ import asyncpg
 import grpc
 import pytest
 
+from k1s0_event_store import EncodedEvent, EventEnvelope, EventStoreConfig, PostgresEventStore, StreamId
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar.errors import error_info_from_call
+from k1s0_sidecar.subscriptions import SubscriptionHub, sse_frame
 from tests.conftest import create_schema, drop_schema
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
@@ -303,3 +305,79 @@ async def test_slow_subscriber_is_bounded_and_still_gets_everything(fresh: Serve
     assert lagged >= 1, "the slow subscriber was sent back to catch-up reads"
     assert rss_peak < 250 * 1024, f"sidecar RSS {rss_peak} KiB"
     print(f"slow subscriber: writers took {write_seconds:.1f}s, peak RSS {rss_peak / 1024:.0f} MiB, lagged {lagged}")
+
+
+# -- the hub in-process: one rendering per event, batches ---------------------------------------------
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a condition of the hub's own state (not for time to pass)."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def hub(pg: LocalPostgres) -> AsyncIterator[SubscriptionHub]:
+    schema = await create_schema(pg.dsn, "hub")
+    store = PostgresEventStore(EventStoreConfig(dsn=pg.dsn, schema=schema))
+    hub = SubscriptionHub(store, pg.dsn, schema, poll_interval=60.0)  # only NOTIFY wakes it
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+        await store.close()
+        await drop_schema(pg.dsn, schema)
+
+
+async def test_live_events_are_shared_rendered_once_and_arrive_as_one_batch(hub: SubscriptionHub) -> None:
+    calls: list[int] = []
+
+    def render(e: EncodedEvent) -> str:
+        calls.append(e.sequence)
+        return f"{e.stream_id}@{e.version}"
+
+    subs = [hub.all(from_end=True), hub.all(stream_prefixes=["order-"], from_end=True),
+            hub.stream("order-1", from_end=True)]
+    firsts = [asyncio.create_task(anext(s)) for s in subs]  # type: ignore[arg-type]
+    await _until(lambda: hub.live_subscribers == 3, "three live subscribers")
+    await hub.store.append(StreamId("order", "1"), [EventEnvelope("Placed", {"i": i}) for i in range(50)],
+                           expected_version=0)
+    batches = [await asyncio.wait_for(f, DEADLINE) for f in firsts]
+    for batch in batches:
+        # everything one commit made visible, handed over at once, in order
+        assert batch is not None and [d.version for d in batch] == list(range(1, 51))
+    # the three subscribers hold the same objects, and each event is rendered once for all of them
+    assert all(a is b is c for a, b, c in zip(*batches, strict=True))
+    texts = [[d.render(render) for d in batch] for batch in batches]
+    assert texts[0] == texts[1] == texts[2] == [f"order-1@{v}" for v in range(1, 51)]
+    assert len(calls) == 50
+    assert batches[0][0].render(sse_frame).startswith(f"id: {batches[0][0].sequence}\ndata: {{".encode())
+    for s in subs:
+        await s.aclose()  # type: ignore[attr-defined]
+    assert hub.live_subscribers == 0
+
+
+async def test_a_batch_stops_at_the_subscribers_buffer_and_the_rest_comes_from_the_database(
+    hub: SubscriptionHub,
+) -> None:
+    hub.buffer = 10
+    lagged: list[int] = []
+    hub.on_lag = lambda: lagged.append(1)
+    sub = hub.all(from_end=True)
+    first = asyncio.create_task(anext(sub))  # type: ignore[arg-type]
+    await _until(lambda: hub.live_subscribers == 1, "a live subscriber")
+    await hub.store.append(StreamId("order", "2"), [EventEnvelope("Placed", {"i": i}) for i in range(30)],
+                           expected_version=0)
+    got: list[int] = []
+    batch = await asyncio.wait_for(first, DEADLINE)
+    while True:
+        assert batch is not None
+        got.extend(d.version for d in batch)
+        if len(got) >= 30:
+            break
+        batch = await asyncio.wait_for(anext(sub), DEADLINE)  # type: ignore[arg-type]
+    assert got == list(range(1, 31)) and lagged == [1]
+    await sub.aclose()  # type: ignore[attr-defined]
