@@ -43,21 +43,27 @@ proto: $(STAMP)
 	$(PY) proto/generate.py
 
 ## Benchmarks against the raw PostgreSQL limit and a peer (BENCH_QUICK=1 for a short run): writes
-# benchmarks/results.json and docs/benchmarks.md. Needs Debian's wrk: installed here when running as
-# root with apt-get, otherwise it stops and says how. BENCH_ARGS="--only grpc" runs some cases only.
+# benchmarks/results.json and docs/benchmarks.md. Needs Debian's wrk (REST load) and Go with grpc-go
+# (golang-go, golang-google-grpc-dev: the compiled gRPC load generator, built offline by the harness
+# into benchmarks/.build): installed here when running as root with apt-get, otherwise it stops and
+# says how. BENCH_ARGS="--only grpc" runs some cases only.
+BENCH_DEBS := wrk golang-go golang-google-grpc-dev
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@if ! command -v wrk >/dev/null 2>&1; then \
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v go >/dev/null 2>&1 || \
+			[ ! -f /usr/share/gocode/src/google.golang.org/grpc/clientconn.go ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "make bench: installing Debian's wrk (the REST load generator)"; \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || \
-			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; \
+			echo "make bench: installing Debian's $(BENCH_DEBS) (the REST and gRPC load generators)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_DEBS) \
+				>/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends $(BENCH_DEBS); }; \
 		else \
-			echo "make bench: Debian's wrk (the REST load generator) is missing: sudo apt-get install -y wrk" >&2; \
+			echo "make bench: the load generators' Debian packages are missing:" \
+				"sudo apt-get install -y --no-install-recommends $(BENCH_DEBS)" >&2; \
 			exit 2; \
 		fi; \
 	fi

@@ -2,7 +2,9 @@
 
 Options: ``--quick`` (or ``BENCH_QUICK=1``) for the short run; ``--only TEXT`` to run the cases
 whose name contains TEXT; ``--results``/``--docs`` to write elsewhere (the smoke test does);
-``BENCH_NOTE`` is printed under "Conditions" in the report (say what else ran on the machine).
+``BENCH_NOTE`` is printed under "Conditions" in the report (say what else ran on the machine);
+``BENCH_GO=0`` with ``--allow-missing`` drives the gRPC cases with the Python client instead of the
+compiled one (to compare the two).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="override the warm-up seconds per case")
     parser.add_argument("--duration", type=float, help="override the measured seconds per case")
     parser.add_argument("--allow-missing", action="store_true",
-                        help="skip cases whose tool is missing (wrk, eventsourcing) instead of refusing to run")
+                        help="skip cases whose tool is missing (wrk, eventsourcing) and drive gRPC with the Python "
+                             "client where Go is missing, instead of refusing to run")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the sidecar with py-spy during each sidecar case; profiles go to DIR")
     args = parser.parse_args(argv)
@@ -41,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which("wrk") is None:
             problems.append("Debian's `wrk` (the REST load generator) is not installed: sudo apt-get install -y wrk "
                             "(`make bench` installs it itself when run as root)")
+        from .grpcgo import missing as go_missing
+
+        go = go_missing()
+        if go:
+            problems.append(f"the Go gRPC load generator cannot be built: {go} (`make bench` installs them itself "
+                            "when run as root; with --allow-missing the Python grpc.aio client stands in)")
         for module, why in (("eventsourcing", "the peer cases"), ("matplotlib", "the plots")):
             if importlib.util.find_spec(module) is None:
                 problems.append(f"{module} ({why}) is not installed: pip install -e '.[bench]' (`make bench` does)")
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "findings": findings_file.read_text() if findings_file.exists() else "",
     }
     info["skipped_cases"] = {c.name: why for c, why in run.skipped.items()}
+    info["grpc_go_missing"] = run.go_missing
     data = report.build(run.results, run.failures, info)
     report.write(data, args.results, args.docs, with_plots=not args.no_plots)
     log(f"wrote {args.results} and {args.docs / 'benchmarks.md'} in {info['wall_s']} s")

@@ -24,12 +24,20 @@ LAG_RATE = 2000.0
 LAG_EVENTS_PER_APPEND = (1, 10)
 
 APPEND_TARGETS = ("raw", "library", "peer", "grpc", "rest")
+#: The edge floors: each edge framework answering appends with a fixed response, no event store
+#: behind it (``benchmarks/floor.py``), at these client counts.
+FLOOR_TARGETS = {
+    "floor-grpc": "gRPC empty AppendEvents handler (grpcio alone)",
+    "floor-rest": "REST empty append handler (aiohttp alone)",
+}
+FLOOR_CONCURRENCY = (1, 32, 128)
 
 
 @dataclass(frozen=True)
 class Case:
     #: raw (asyncpg), library (PostgresEventStore), peer (eventsourcing), grpc, rest (the sidecar),
-    #: lag (paced appends, measured at a subscriber and a Kafka consumer)
+    #: lag (paced appends, measured at a subscriber and a Kafka consumer), floor-grpc, floor-rest
+    #: (the edge frameworks alone, see ``FLOOR_TARGETS``)
     target: str
     #: append | read-stream | read-all | lag
     operation: str
@@ -41,6 +49,9 @@ class Case:
 
     @property
     def name(self) -> str:
+        clients = f"{self.concurrency} client{'s' if self.concurrency > 1 else ''}"
+        if self.target in FLOOR_TARGETS:
+            return f"floor: {FLOOR_TARGETS[self.target]}, {clients}"
         if self.operation == "append":
             what = f"append {self.events} event{'s' if self.events > 1 else ''}"
             if self.distribution != "uniform":
@@ -49,10 +60,12 @@ class Case:
             return f"lag: {self.events}-event appends at {LAG_RATE:.0f} events/s"
         else:
             what = f"{self.operation} (pages of {self.page_size})"
-        return f"{self.target}: {what}, {self.concurrency} client{'s' if self.concurrency > 1 else ''}"
+        return f"{self.target}: {what}, {clients}"
 
     @property
     def group(self) -> str:
+        if self.target in FLOOR_TARGETS:
+            return "floor"
         if self.operation == "append":
             if self.distribution == "hot":
                 return "append-hot"
@@ -72,7 +85,8 @@ class Case:
 
     def peer(self) -> Case | None:
         """The eventsourcing case at the same concurrency (appends to uniform streams only)."""
-        if self.operation != "append" or self.distribution != "uniform" or self.target in {"raw", "peer"}:
+        if (self.operation != "append" or self.distribution != "uniform"
+                or self.target in {"raw", "peer", *FLOOR_TARGETS}):
             return None
         return Case("peer", "append", self.concurrency, self.events)
 
@@ -94,6 +108,9 @@ def all_cases() -> list[Case]:
     for target in ("raw", "grpc", "rest"):
         for c in READ_CONCURRENCY:
             cases.append(Case(target, "read-all", c, page_size=ALL_PAGE))
+    for target in FLOOR_TARGETS:
+        for c in FLOOR_CONCURRENCY:
+            cases.append(Case(target, "append", c))
     for events in LAG_EVENTS_PER_APPEND:
         cases.append(Case("lag", "lag", 1, events=events))
     return cases

@@ -45,6 +45,19 @@ def _wrk_version() -> str:
     return text.splitlines()[0].split(" Copyright")[0] if text else "unknown"
 
 
+def _grpc_go_version() -> str:
+    """The compiled gRPC load generator's toolchain: Debian's grpc-go and Go."""
+    version = "absent"
+    try:
+        for line in Path("/usr/share/gocode/src/google.golang.org/grpc/version.go").read_text().splitlines():
+            if line.startswith("const Version"):
+                version = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        return "grpc-go absent"
+    go = _run("go", "version").removeprefix("go version ")
+    return f"grpc-go {version} (Debian golang-google-grpc-dev), {go or 'go absent'}"
+
+
 def describe(postgres_version: str, data_dir: Path | None = None, repo: Path | None = None) -> dict[str, Any]:
     mem_kib = _first("/proc/meminfo", "MemTotal").split()[0]
     filesystem = ""
@@ -70,6 +83,7 @@ def describe(postgres_version: str, data_dir: Path | None = None, repo: Path | N
         "postgresql_settings": "fsync=on, synchronous_commit=on, full_page_writes=on, shared_buffers=256MB",
         "postgresql_filesystem": filesystem,
         "wrk": _wrk_version(),
+        "grpc_go": _grpc_go_version(),
         "git_commit": _run("git", "-C", str(repo), "rev-parse", "--short", "HEAD") if repo else "",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .cases import CONCURRENCY, LAG_RATE, READ_STREAM_LENGTH, Case, Target, all_cases, targets
+from .cases import CONCURRENCY, FLOOR_CONCURRENCY, LAG_RATE, READ_STREAM_LENGTH, Case, Target, all_cases, targets
 from .harness import Measurement
 
 TARGET_LABELS = {
@@ -23,6 +23,13 @@ def _num(value: float | None, digits: int = 2) -> float | None:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return round(float(value), digits)
+
+
+def _per_request_us(cpu_pct: float | None, m: Measurement) -> float | None:
+    """CPU microseconds per request from a CPU % of one core over the measured window."""
+    if cpu_pct is None or not m.ops:
+        return None
+    return cpu_pct / 100.0 * m.duration_s / m.ops * 1e6
 
 
 def case_record(case: Case, m: Measurement, results: dict[Case, Measurement]) -> dict[str, Any]:
@@ -58,6 +65,10 @@ def case_record(case: Case, m: Measurement, results: dict[Case, Measurement]) ->
         "server_cpu_pct": _num(m.server_cpu_pct, 1),
         "postgres_cpu_pct": _num(m.postgres_cpu_pct, 1),
         "server_rss_mib": _num(m.server_rss_mib, 1),
+        # which load generator drove the case (sidecar and floor cases; the others run their own client)
+        "load_generator": None,
+        "loadgen_cpu_us_per_request": _num(_per_request_us(m.loadgen_cpu_pct, m), 1),
+        "server_cpu_us_per_request": _num(_per_request_us(m.server_cpu_pct, m), 1),
     }
     if m.extra:
         record.update({k: _num(v, 3) if isinstance(v, float) else v for k, v in m.extra.items()})
@@ -205,6 +216,41 @@ def _short(name: str) -> str:
             .replace("event", "ev").replace("(pages of ", "(").replace("-event appends at 2000 ev/s", "-ev appends"))
 
 
+def _go_fallback_note(run: dict[str, Any]) -> list[str]:
+    why = run.get("grpc_go_missing")
+    if not why:
+        return []
+    return [f"- **In this run the Go gRPC client was not available** ({why}): the Python grpc.aio client",
+            "  drove every gRPC case, and its own CPU cost is part of what the cases measured."]
+
+
+def _floor_table(data: dict[str, Any]) -> list[str]:
+    rows = [r for r in data["cases"] if r["group"] == "floor"]
+    if not rows:
+        return []
+    raw32 = next((r for r in data["cases"] if r["name"] == Case("raw", "append", 32).name), None)
+    base = raw32["events_per_s"] if raw32 else None
+    lines = [
+        "### Edge floors: the edge frameworks alone, no event store", "",
+        "Appends answered with a fixed response (`benchmarks/floor.py`). `x raw 32` divides by the raw",
+        f"1-event INSERT rate at 32 tasks ({_fmt(base, 0)}/s in this run); `x raw` by the raw rate at the same",
+        f"concurrency. Client counts: {', '.join(map(str, FLOOR_CONCURRENCY))}.", "",
+        "| case | loadgen | req/s | p50 ms | p99 ms | x raw 32 | x raw | loadgen CPU % | loadgen µs/req "
+        "| server CPU % | server µs/req | errors |",
+        "| " + " | ".join(["---", "---"] + ["---:"] * 10) + " |",
+    ]
+    for r in rows:
+        ratio32 = r["requests_per_s"] / base if base and r["requests_per_s"] is not None else None
+        lines.append("| " + " | ".join([
+            r["name"], r.get("load_generator") or "-", _fmt(r["requests_per_s"], 0), _fmt(r["p50_ms"], 2),
+            _fmt(r["p99_ms"], 2), _fmt(ratio32, 2), _fmt(r["ratio"], 2), _fmt(r["loadgen_cpu_pct"]),
+            _fmt(r.get("loadgen_cpu_us_per_request"), 0), _fmt(r["server_cpu_pct"]),
+            _fmt(r.get("server_cpu_us_per_request"), 0), str(r["errors"]),
+        ]) + " |")
+    lines.append("")
+    return lines
+
+
 def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
     run = data["run"]
     machine = run["machine"]
@@ -229,6 +275,7 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         f"{machine['postgresql_filesystem']} |",
         f"| Python | {machine['python']} |",
         f"| REST load generator | {machine['wrk']} |",
+        f"| gRPC load generator | {machine.get('grpc_go', 'unknown')} (`benchmarks/grpcgo`) |",
         f"| Load average at start | {', '.join(map(str, machine['load_average_at_start']))} |",
         "",
         "Everything (PostgreSQL, the sidecar, the load generators) shares these cores, so a case's",
@@ -249,11 +296,23 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         "- Library: `PostgresEventStore.append` (advisory lock per append). Peer: the `eventsourcing`",
         "  library's `PostgresApplicationRecorder.insert_events` (PyPI, psycopg 3, threads).",
         "- Sidecar: `k1s0-eventstore serve` as a separate process (auth off, forwarder off except in the",
-        "  lag case). gRPC load: a 2-process grpc.aio client; REST load: Debian's `wrk` with",
-        "  `benchmarks/wrk/*.lua`. Load generators are separate processes and report their own CPU",
-        "  (`loadgen CPU`, % of one core); the sidecar's CPU, PostgreSQL's CPU and the sidecar's peak RSS",
+        "  lag case). Load generators are separate processes and report their own CPU (`loadgen CPU`, % of",
+        "  one core, and `loadgen µs/req`); the sidecar's CPU, PostgreSQL's CPU and the sidecar's peak RSS",
         "  are sampled over the same window; `req/txn` is the sidecar's group commit: append requests",
-        "  per transaction over the case, from its `/metrics`.",
+        "  per transaction over the case, from its `/metrics`. The `loadgen` column names each case's",
+        "  load generator: `grpc-go` is one process of a compiled client (`benchmarks/grpcgo/main.go`,",
+        "  Debian's grpc-go; the requests are our protobuf messages serialised by Python and sent",
+        "  round-robin over one HTTP/2 connection per 4 clients); `grpc.aio` is a 2-process Python",
+        "  client, used where requests must track the stream's version (the hot stream with",
+        "  `expected_version`) and wherever Go was missing; `wrk` is Debian's wrk with",
+        "  `benchmarks/wrk/*.lua`.",
+        *_go_fallback_note(run),
+        "- Edge floors: the same two edge frameworks with no event store behind them",
+        "  (`benchmarks/floor.py`: `grpc.aio.server` with the generated servicer whose `AppendEvents`",
+        "  returns a fixed response; an aiohttp app that reads the body and returns a fixed 201), driven",
+        "  by the same load generators. They show the most appends per second each edge can answer on",
+        "  this machine, whatever the store behind it does: the ceiling of the sidecar's edges, to set",
+        "  against the raw database rate.",
         f"- Subscription delivery and Kafka forwarding: {LAG_RATE:,.0f} events/s of paced (open loop) gRPC appends,",
         "  as 1-event and as 10-event requests, each event carrying its send time; a gRPC `SubscribeToAll`",
         "  subscriber and a Kafka consumer (Tansu broker) record receive time minus send time. The sidecar",
@@ -274,8 +333,9 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         lines.append(f"| {t['target']} | {worst} | {'yes' if t['met'] else '**no**'} | {per_case} |")
     lines += ["", "## Results", ""]
     header = ("| case | events/s | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | x raw | x peer | conflicts | errors "
-              "| loadgen CPU % | sidecar CPU % | PostgreSQL CPU % | sidecar RSS MiB | req/txn |")
-    sep = "| " + " | ".join(["---"] + ["---:"] * 15) + " |"
+              "| loadgen | loadgen CPU % | loadgen µs/req | sidecar CPU % | PostgreSQL CPU % | sidecar RSS MiB "
+              "| req/txn |")
+    sep = "| " + " | ".join(["---"] + ["---:"] * 10 + ["---"] + ["---:"] * 6) + " |"
     sections = [("1-event appends", "append-1"), ("100-event appends", "append-100"),
                 ("Zipf-distributed streams", "append-zipf"), ("One hot stream, expected_version", "append-hot"),
                 (f"Reading one {READ_STREAM_LENGTH:,}-event stream", "read-stream"),
@@ -289,12 +349,14 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
             cells = [
                 r["name"], _fmt(r["events_per_s"], 0), _fmt(r["requests_per_s"], 0), _fmt(r["p50_ms"], 2),
                 _fmt(r["p95_ms"], 2), _fmt(r["p99_ms"], 2), _fmt(r["p999_ms"], 2), _fmt(r["ratio"], 2),
-                _fmt(r["ratio_to_peer"], 2), str(r["conflicts"]), str(r["errors"]), _fmt(r["loadgen_cpu_pct"]),
-                _fmt(r["server_cpu_pct"]), _fmt(r["postgres_cpu_pct"]), _fmt(r["server_rss_mib"]),
+                _fmt(r["ratio_to_peer"], 2), str(r["conflicts"]), str(r["errors"]), r.get("load_generator") or "-",
+                _fmt(r["loadgen_cpu_pct"]), _fmt(r.get("loadgen_cpu_us_per_request"), 0), _fmt(r["server_cpu_pct"]),
+                _fmt(r["postgres_cpu_pct"]), _fmt(r["server_rss_mib"]),
                 _fmt(r.get("requests_per_transaction")),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _floor_table(data)
     lag = [r for r in data["cases"] if r["operation"] == "lag"]
     if lag:
         lines += [

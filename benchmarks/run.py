@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,18 +29,23 @@ import asyncpg
 
 from k1s0_event_store import AppendRequest, EventEnvelope, EventStoreConfig, PostgresEventStore, prepare_append
 from k1s0_event_store.schema import migrate
-from tests.support.postgres import LocalPostgres
+from tests.support.postgres import LocalPostgres, free_port
 from tests.support.sidecar import ServedSidecar
 
-from .cases import LAG_RATE, READ_STREAM, READ_STREAM_LENGTH, Case, all_cases
+from . import grpcgo
+from .cases import FLOOR_TARGETS, LAG_RATE, READ_STREAM, READ_STREAM_LENGTH, Case, all_cases
 from .common import EVENT_TYPE, SEED, latency_summary, payload
 from .dbload import raw_table_ddl
 from .harness import Measurement, Timing, measurement, run_processes, run_workers, run_wrk, wrk_binary
 
 SIDECAR_SCHEMA = "bench"
 LAG_SCHEMA = "lag"
-#: Load-generator processes for the gRPC client (2 cores: more would only add scheduling).
+#: Load-generator processes for the Python gRPC client (2 cores: more would only add scheduling).
 GRPC_PROCESSES = 2
+#: The load generators, as the report names them.
+GO_CLIENT = "grpc-go"
+PY_CLIENT = "grpc.aio"
+WRK = "wrk"
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ def missing_tool(case: Case) -> str | None:
     """Why a case cannot run here (a tool or package it needs is absent), or None."""
     if case.target == "peer" and importlib.util.find_spec("eventsourcing") is None:
         return "the eventsourcing library is not installed (pip install -e '.[bench]')"
-    if case.target == "rest" and wrk_binary() is None:
+    if case.target in {"rest", "floor-rest"} and wrk_binary() is None:
         return "Debian's wrk is not installed (apt-get install wrk)"
     return None
 
@@ -84,6 +90,24 @@ class Run:
         self.results: dict[Case, Measurement] = {}
         self.failures: dict[Case, str] = {}
         self.skipped: dict[Case, str] = {}
+        #: the Go gRPC client (built on first use), or why the Python client stands in for it
+        self._go_client: Path | None = None
+        self.floor: tuple[subprocess.Popen[str], str, str] | None = None
+        self.go_missing: str | None = None
+
+    def go_client(self) -> Path | None:
+        """The compiled gRPC load generator; None (the Python client is used) when Go is missing here
+        and the run allows missing tools. Otherwise a missing or broken build fails the gRPC cases."""
+        if self._go_client is None and self.go_missing is None:
+            try:
+                log("building the Go gRPC load generator (benchmarks/grpcgo) if its source changed")
+                self._go_client = grpcgo.ensure_binary()
+            except RuntimeError as exc:
+                if not self.settings.allow_missing:
+                    raise
+                self.go_missing = str(exc)
+                log(f"  the Python gRPC client stands in: {exc}")
+        return self._go_client
 
     # -- the environment ---------------------------------------------------------------------
 
@@ -192,10 +216,12 @@ class Run:
             spec = {**base, "kind": kind, "schema": SIDECAR_SCHEMA, "page_size": case.page_size,
                     "stream": READ_STREAM, "length": READ_STREAM_LENGTH, "first_sequence": 1}
             return run_workers("dbload", [spec], t, server_pid=None, postgres_pid=pg)
+        if case.target in FLOOR_TARGETS:
+            return self._floor(case)
         assert self.sidecar is not None, "sidecar cases need a running sidecar"
         before = self.batches()
         if case.target == "grpc":
-            m = self._grpc(case)
+            m = self._grpc(case, self.sidecar.grpc_target, self.server_pid)
         elif case.target == "rest":
             m = self._rest(case)
         else:
@@ -226,25 +252,40 @@ class Run:
         slug = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-")
         return self.settings.profile_dir / f"{slug}.collapsed.txt"
 
-    def _grpc(self, case: Case) -> Measurement:
-        assert self.sidecar is not None
-        processes = max(1, min(GRPC_PROCESSES, case.concurrency))
-        specs = []
-        for p in range(processes):
-            clients = case.concurrency // processes + (1 if p < case.concurrency % processes else 0)
-            spec: dict[str, Any] = {"target": self.sidecar.grpc_target, "clients": clients, "seed": SEED * 10 + p}
+    def _grpc(self, case: Case, target: str, server_pid: int | None) -> Measurement:
+        """A gRPC case: the Go client, except for expected_version appends (it sends fixed requests;
+        those must track each stream's version) and where Go is missing under ``--allow-missing``."""
+        def spec(clients: int, seed: int) -> dict[str, Any]:
+            s: dict[str, Any] = {"target": target, "clients": clients, "seed": seed}
             if case.operation == "append":
-                spec.update(kind="append", events=case.events, distribution=case.distribution,
-                            expected=case.distribution == "hot", prefix="grpc")
+                s.update(kind="append", events=case.events, distribution=case.distribution,
+                         expected=case.distribution == "hot", prefix="grpc")
             else:
-                spec.update(kind=case.operation.replace("-", "_"), page_size=case.page_size, stream=READ_STREAM,
-                            length=READ_STREAM_LENGTH, first_sequence=1)
-            specs.append(spec)
-        return run_workers("grpcload", specs, self.settings.timing, server_pid=self.server_pid,
-                           postgres_pid=self.pg.pid(), profile=self.profile_path(case))
+                s.update(kind=case.operation.replace("-", "_"), page_size=case.page_size, stream=READ_STREAM,
+                         length=READ_STREAM_LENGTH, first_sequence=1)
+            return s
 
-    def _rest(self, case: Case) -> Measurement:
-        assert self.sidecar is not None
+        go = self.go_client() if case.distribution != "hot" else None
+        if go is not None:  # one process: it is multi-threaded
+            m = run_workers("grpcgo", [{**spec(case.concurrency, SEED * 10), "binary": str(go)}],
+                            self.settings.timing, server_pid=server_pid, postgres_pid=self.pg.pid(),
+                            profile=self.profile_path(case))
+            m.extra["load_generator"] = GO_CLIENT
+            return m
+        processes = max(1, min(GRPC_PROCESSES, case.concurrency))
+        specs = [
+            spec(case.concurrency // processes + (1 if p < case.concurrency % processes else 0), SEED * 10 + p)
+            for p in range(processes)
+        ]
+        m = run_workers("grpcload", specs, self.settings.timing, server_pid=server_pid,
+                        postgres_pid=self.pg.pid(), profile=self.profile_path(case))
+        m.extra["load_generator"] = PY_CLIENT
+        return m
+
+    def _rest(self, case: Case, base_url: str | None = None, server_pid: int | None = None) -> Measurement:
+        if base_url is None:
+            assert self.sidecar is not None
+            base_url, server_pid = self.sidecar.base_url, self.server_pid
         if case.operation == "append":
             body = json.dumps(payload(0), separators=(",", ":"))
             args = [case.distribution, str(case.events), "1" if case.distribution == "hot" else "0", str(SEED),
@@ -254,9 +295,46 @@ class Run:
             mode = "stream" if case.operation == "read-stream" else "all"
             args = [mode, READ_STREAM if mode == "stream" else "1", str(READ_STREAM_LENGTH), str(case.page_size)]
             script, per_ok = "read.lua", case.page_size  # every page of the range is full
-        return run_wrk(script, self.sidecar.base_url, case.concurrency, self.settings.wrk_timing, args,
-                       events_per_ok=per_ok, server_pid=self.server_pid, postgres_pid=self.pg.pid(),
-                       profile=self.profile_path(case))
+        m = run_wrk(script, base_url, case.concurrency, self.settings.wrk_timing, args,
+                    events_per_ok=per_ok, server_pid=server_pid, postgres_pid=self.pg.pid(),
+                    profile=self.profile_path(case))
+        m.extra["load_generator"] = WRK
+        return m
+
+    # -- the edge floors -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def floor_server(self) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+        """``benchmarks/floor.py``: the gRPC and REST edges with a fixed answer and no store behind."""
+        grpc_port, http_port = free_port(), free_port()
+        spec = json.dumps({"grpc_port": grpc_port, "http_port": http_port})
+        log("starting the edge-floor server (benchmarks/floor.py)")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                             os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", spec], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+                                env=env)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                proc.kill()
+                raise RuntimeError(f"the floor server did not start: {line!r} {proc.communicate()[1][-1500:]}")
+            yield proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _floor(self, case: Case) -> Measurement:
+        assert self.floor is not None, "floor cases need the floor server"
+        proc, grpc_target, base_url = self.floor
+        if case.target == "floor-grpc":
+            return self._grpc(case, grpc_target, proc.pid)
+        return self._rest(case, base_url, proc.pid)
 
     def measure_lag(self, case: Case) -> None:
         """Subscription delivery and Kafka forwarding, one window, on a sidecar with the forwarder on."""
@@ -327,6 +405,12 @@ class Run:
                     # reads first, while the sidecar's schema holds only the read stream
                     for case in sorted(sidecar_cases, key=lambda c: c.operation == "append"):
                         self.measure(case)
+            floor_cases = [c for c in cases if c.target in FLOOR_TARGETS]
+            if any(self.wanted(c) for c in floor_cases):
+                with self.floor_server() as self.floor:
+                    for case in floor_cases:
+                        self.measure(case)
+                self.floor = None
             for case in cases:
                 if case.target == "lag":
                     self.measure_lag(case)

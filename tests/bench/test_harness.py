@@ -2,21 +2,25 @@
 
 Benchmarks themselves never run in ``make test``; this runs the 8-client 1-event append of every
 target (raw asyncpg, the library, the peer, the sidecar over gRPC and REST) for half a second each,
-writes the results and the report to a temporary folder, and checks their shape. Cases whose tool
-is missing here (wrk, the eventsourcing library) are skipped by the harness and listed as such.
+and the 32-client edge floors, writes the results and the report to a temporary folder, and checks
+their shape. Cases whose tool is missing here (wrk, the eventsourcing library) are skipped by the
+harness and listed as such; without Go the Python gRPC client stands in for the compiled one.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.cases import Case, all_cases, targets
+from benchmarks import grpcgo
+from benchmarks.cases import FLOOR_TARGETS, Case, all_cases, targets
 from benchmarks.common import PAYLOAD_BYTES, StreamChooser, latency_summary, payload_json, percentile
+from k1s0_event_store._proto import event_store_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +63,24 @@ def test_every_target_names_measured_cases() -> None:
     assert Case("grpc", "append", 32).baseline() == Case("raw", "append", 32)
 
 
+def test_go_client_requests() -> None:
+    """The requests the Go client sends: our protobuf messages, the same streams as the Python client."""
+    spec = {"kind": "append", "events": 3, "distribution": "zipf", "seed": 420, "prefix": "grpc"}
+    requests, method, per, field = grpcgo.requests(spec)
+    assert method.endswith("EventStoreService/AppendEvents") and per == 3 and field == 0
+    assert 1000 <= len(requests) <= grpcgo.MAX_REQUESTS
+    first = pb.AppendEventsRequest.FromString(requests[0])
+    assert len(first.events) == 3 and len(first.events[0].payload_json) == PAYLOAD_BYTES
+    assert not first.HasField("expected_version")
+    chooser = StreamChooser("zipf", 420 * 1000, "grpc")
+    streams = [pb.AppendEventsRequest.FromString(r).stream_id for r in requests[:50]]
+    assert streams == [chooser.next() for _ in range(50)]
+    reads, method, per, field = grpcgo.requests(
+        {"kind": "read_all", "page_size": 1000, "length": 10_000, "first_sequence": 1})
+    assert method.endswith("/ReadAll") and per == 0 and field == pb.ReadAllResponse.EVENTS_FIELD_NUMBER
+    assert [pb.ReadAllRequest.FromString(r).after_sequence for r in reads] == list(range(0, 10_000, 1000))
+
+
 def test_tiny_run(tmp_path: Path) -> None:
     results, docs = tmp_path / "results.json", tmp_path / "docs"
     plots = importlib.util.find_spec("matplotlib") is not None
@@ -80,8 +102,35 @@ def test_tiny_run(tmp_path: Path) -> None:
         assert r["loadgen_cpu_pct"] is not None
     assert measured["library"]["ratio"] is not None  # divided by raw at 8 clients
     assert measured["grpc"]["server_cpu_pct"] is not None and measured["grpc"]["server_rss_mib"] > 0
+    # the compiled gRPC client where Go is here (or was built), the Python one standing in otherwise
+    go_here = grpcgo.missing() is None
+    assert measured["grpc"]["load_generator"] == ("grpc-go" if go_here else "grpc.aio")
+    assert (data["run"]["grpc_go_missing"] is None) == go_here
+    assert measured["grpc"]["loadgen_cpu_us_per_request"] > 0
     assert data["run"]["machine"]["cpu_cores"] and "PostgreSQL" in data["run"]["machine"]["postgresql"]
     report = (docs / "benchmarks.md").read_text()
     assert "## Targets" in report and "| raw: append 1 event, 8 clients |" in report
     if plots:
         assert (docs / "img" / "bench-append-throughput.png").stat().st_size > 1000
+
+
+def test_edge_floors(tmp_path: Path) -> None:
+    """The edge frameworks alone (benchmarks/floor.py) at 32 clients, and their table in the report;
+    with the Go client turned off, as where Go is missing: the Python client stands in, and says so."""
+    results, docs = tmp_path / "results.json", tmp_path / "docs"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "alone), 32 clients", "--warmup", "0.2", "--duration", "0.5",
+         "--allow-missing", "--no-plots", "--results", str(results), "--docs", str(docs)],
+        cwd=REPO, capture_output=True, text=True, timeout=150, env={**os.environ, "BENCH_GO": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(results.read_text())
+    measured = {r["target"]: r for r in data["cases"]}
+    assert set(measured) <= set(FLOOR_TARGETS) and "floor-grpc" in measured
+    assert "floor-rest" in measured or any("aiohttp alone" in name for name in data["run"]["skipped_cases"])
+    for r in measured.values():
+        assert r["group"] == "floor" and r["concurrency"] == 32 and r["errors"] == 0, r
+        assert r["requests_per_s"] > 0 and r["server_cpu_pct"] is not None and r["load_generator"]
+    assert measured["floor-grpc"]["load_generator"] == "grpc.aio"
+    report = (docs / "benchmarks.md").read_text()
+    assert "### Edge floors" in report and "the Go gRPC client was not available" in report
