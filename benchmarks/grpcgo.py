@@ -11,6 +11,10 @@ payloads as ``grpcload.py``) to a temporary file of 4-byte big-endian length + b
 
 Kinds: ``append`` (without ``expected_version``: requests are independent, so a stream may repeat),
 ``read_stream`` and ``read_all`` (the events of each page are counted from the response).
+
+Build by hand: ``GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=/tmp/gocache go build -o
+benchmarks/.build/k1s0-grpcload ./benchmarks/grpcgo``. ``K1S0_GRPCLOAD_CPUPROFILE=FILE`` makes the Go
+program write a pprof CPU profile of its run (``go tool pprof -top BINARY FILE``).
 """
 
 from __future__ import annotations

@@ -103,10 +103,11 @@ class Run:
                 log("building the Go gRPC load generator (benchmarks/grpcgo) if its source changed")
                 self._go_client = grpcgo.ensure_binary()
             except RuntimeError as exc:
-                if not self.settings.allow_missing:
-                    raise
-                self.go_missing = str(exc)
-                log(f"  the Python gRPC client stands in: {exc}")
+                self.go_missing = str(exc)  # tried once per run
+                if self.settings.allow_missing:
+                    log(f"  the Python gRPC client stands in: {exc}")
+        if self.go_missing is not None and not self.settings.allow_missing:
+            raise RuntimeError(self.go_missing)
         return self._go_client
 
     # -- the environment ---------------------------------------------------------------------
