@@ -141,7 +141,8 @@ class SubscriptionHub:
         self.on_change: Callable[[int], None] | None = None
         self.head = 0
         self._subscribers: set[Subscriber] = set()
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._closed = False
@@ -170,13 +171,13 @@ class SubscriptionHub:
 
     def _on_append(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload == self.schema:
-            self._wake.set()
+            self._wake_up()
 
     def _on_delete(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         schema, _, stream = payload.partition("/")
         if schema != self.schema:
             return
-        self._wake.set()  # deliver what the stream had first, then the deletion
+        self._wake_up()  # deliver what the stream had first, then the deletion
         asyncio.get_running_loop().call_soon(self._deliver_deletion, stream)
 
     def _deliver_deletion(self, stream: str) -> None:
@@ -187,13 +188,33 @@ class SubscriptionHub:
 
     def _on_listener_lost(self, conn: Any) -> None:
         self._listener = None
-        self._wake.set()
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        """Until a notification (or ``poll_interval``, the fallback) wakes the reader.
+
+        The notification callback resolves the reader's own future, so the reader runs in the next
+        turn of the loop (``wait_for`` on an ``Event`` took a task and two more turns)."""
+        if not self._woken:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(self.poll_interval, self._wake_up)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._woken = False
 
     async def _run(self) -> None:
         while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            self._wake.clear()
+            await self._wait()
             try:
                 if self._listener is None:
                     await self._listen()

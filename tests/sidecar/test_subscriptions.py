@@ -381,3 +381,25 @@ async def test_a_batch_stops_at_the_subscribers_buffer_and_the_rest_comes_from_t
         batch = await asyncio.wait_for(anext(sub), DEADLINE)  # type: ignore[arg-type]
     assert got == list(range(1, 31)) and lagged == [1]
     await sub.aclose()  # type: ignore[attr-defined]
+
+
+async def test_without_listen_the_hub_polls(pg: LocalPostgres) -> None:
+    schema = await create_schema(pg.dsn, "hub")
+    store = PostgresEventStore(EventStoreConfig(dsn=pg.dsn, schema=schema))
+    # LISTEN goes to a closed port and keeps failing: only the poll timer wakes the reader
+    hub = SubscriptionHub(store, "postgresql://postgres@127.0.0.1:1/postgres", schema, poll_interval=0.05)
+    await hub.start()
+    try:
+        assert hub._listener is None
+        sub = hub.all(from_end=True)
+        first = asyncio.create_task(anext(sub))  # type: ignore[arg-type]
+        await _until(lambda: hub.live_subscribers == 1, "a live subscriber")
+        await store.append(StreamId("order", "3"), [EventEnvelope("Placed", {"i": i}) for i in range(3)],
+                           expected_version=0)
+        batch = await asyncio.wait_for(first, DEADLINE)
+        assert batch is not None and [d.version for d in batch] == [1, 2, 3]
+        await sub.aclose()  # type: ignore[attr-defined]
+    finally:
+        await hub.stop()
+        await store.close()
+        await drop_schema(pg.dsn, schema)
