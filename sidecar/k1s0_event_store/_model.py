@@ -413,8 +413,9 @@ def prepare_append(
     """Validate one append completely; raise before anything is written."""
     sid = StreamId.of(stream_id)
     _check_events(events, max_events)
+    expected = validate_expected_version(expected_version)
     now = _utcnow()  # one "time of the append" for every event that names none
-    return prepared_append(sid, [prepare_event(e, i, sid, now) for i, e in enumerate(events)], expected_version)
+    return _request(sid, [prepare_event(e, i, sid, now) for i, e in enumerate(events)], expected)
 
 
 def prepared_append(
@@ -424,11 +425,14 @@ def prepared_append(
     *,
     max_events: int | None = None,
 ) -> AppendRequest:
-    """An append of events already prepared one by one (``prepare_event``/``prepare_json_event``):
-    the checks that span the whole append."""
+    """An append of events already prepared one by one (``prepare_json_event``): the checks that
+    span the whole append."""
     sid = StreamId.of(stream_id)
     _check_events(events, max_events)
-    expected = validate_expected_version(expected_version)
+    return _request(sid, events, validate_expected_version(expected_version))
+
+
+def _request(sid: StreamId, events: Sequence[PreparedEvent], expected: int | None) -> AppendRequest:
     if len(events) > 1:
         seen: set[uuid.UUID] = set()
         for i, p in enumerate(events):

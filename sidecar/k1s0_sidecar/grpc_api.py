@@ -34,7 +34,7 @@ from . import wire
 from .authz import Authenticator, Principal, Role, check
 from .errors import grpc_status, new_request_id
 from .metrics import Metrics
-from .service import EventStoreService, audit_subject, audited_metadata
+from .service import EventStoreService, audit_subject, audited_metadata, time_texts
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStoreService"].full_name
 _PREFIX = f"/{SERVICE_NAME}/"
@@ -119,14 +119,7 @@ def appended_to_pb(
 ) -> list[pb.StoredEvent]:
     """The stored events of an append, answered from the request itself: its payload bytes and
     metadata message are echoed, not re-encoded. An idempotent replay answers what was stored."""
-    times: dict[datetime | None, str] = {}
-
-    def when(value: datetime | None) -> str:
-        text = times.get(value)
-        if text is None:
-            text = times[value] = rfc3339(value)
-        return text
-
+    when = time_texts()
     out: list[pb.StoredEvent] = []
     for stored, p, d in zip(result.events, request.events, data, strict=False):
         if stored.payload is not p.payload:

@@ -54,11 +54,8 @@ class Appended:
     events: list[EncodedEvent]
 
 
-def _encode_appended(request: AppendRequest, result: AppendResult) -> list[EncodedEvent]:
-    """Encode the stored events from the request's own JSON text instead of serialising them again.
-
-    A fresh write returns envelopes that hold the request's very payload and metadata objects; an
-    idempotent replay returns what was stored earlier, which is encoded from the stored values."""
+def time_texts() -> Callable[[datetime | None], str]:
+    """``rfc3339`` remembering its answers: the events of one append share their times."""
     times: dict[datetime | None, str] = {}
 
     def when(value: datetime | None) -> str:
@@ -67,6 +64,15 @@ def _encode_appended(request: AppendRequest, result: AppendResult) -> list[Encod
             text = times[value] = rfc3339(value)
         return text
 
+    return when
+
+
+def _encode_appended(request: AppendRequest, result: AppendResult) -> list[EncodedEvent]:
+    """Encode the stored events from the request's own JSON text instead of serialising them again.
+
+    A fresh write returns envelopes that hold the request's very payload and metadata objects; an
+    idempotent replay returns what was stored earlier, which is encoded from the stored values."""
+    when = time_texts()
     out: list[EncodedEvent] = []
     for stored, prepared in zip(result.events, request.events, strict=False):
         if stored.payload is not prepared.payload or stored.metadata is not prepared.metadata:
