@@ -12,15 +12,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support.postgres import free_port
+from tests.support.postgres import free_ports
 
 
 class ServedSidecar:
     def __init__(self, dsn: str, schema: str, *, env: dict[str, str] | None = None, migrate: bool = True) -> None:
         self.dsn = dsn
         self.schema = schema
-        self.rest_port = free_port()
-        self.grpc_port = free_port()
+        self.rest_port, self.grpc_port = free_ports(2)
         self.extra_env = env or {}
         self.migrate = migrate
         self.proc: subprocess.Popen[bytes] | None = None
