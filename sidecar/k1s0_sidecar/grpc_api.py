@@ -127,27 +127,26 @@ def prepared_from_pb(d: pb.EventData, index: int, subject: str | None, now: date
     )
 
 
-def appended_to_pb(
-    request: AppendRequest, result: AppendResult, data: Sequence[pb.EventData], audited: bool
-) -> list[pb.StoredEvent]:
-    """The stored events of an append, answered from the request itself: its payload bytes and
-    metadata message are echoed, not re-encoded. An idempotent replay answers what was stored."""
+def add_appended_pb(
+    into: Any, request: AppendRequest, result: AppendResult, data: Sequence[pb.EventData], audited: bool
+) -> None:
+    """Add the stored events of an append to a repeated ``StoredEvent`` field, answered from the
+    request itself: its payload bytes and metadata message are echoed, not re-encoded (each message
+    built in place, as in ``add_events_pb``). An idempotent replay answers what was stored."""
     when = time_texts()
-    out: list[pb.StoredEvent] = []
+    add = into.add
+    sid = result.stream_id.value
     for stored, p, d in zip(result.events, request.events, data, strict=False):
         if stored.payload is not p.payload:
-            out.append(event_to_pb(stored))
+            into.append(event_to_pb(stored))
             continue
         # audited: the stored metadata carries the subject, so it differs from the request's
         metadata = (
             metadata_to_pb(p.metadata) if audited else d.metadata if d.HasField("metadata") else _NO_METADATA
         )
-        out.append(pb.StoredEvent(
-            stream_id=result.stream_id.value, sequence=stored.sequence or 0, event_type=p.event_type,
+        add(stream_id=sid, sequence=stored.sequence or 0, event_type=p.event_type,
             version=stored.version or 0, payload_json=d.payload_json, metadata=metadata,
-            occurred_at=when(p.occurred_at), stored_at=when(stored.stored_at), event_id=str(p.event_id),
-        ))
-    return out
+            occurred_at=when(p.occurred_at), stored_at=when(stored.stored_at), event_id=str(p.event_id))
 
 
 def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
@@ -182,11 +181,9 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         events = [prepared_from_pb(d, i, subject, now) for i, d in enumerate(data)]
         expected = request.expected_version if request.HasField("expected_version") else None
         append, result = await self.service.append_prepared(request.stream_id, events, expected)
-        return pb.AppendEventsResponse(
-            stream_id=result.stream_id.value,
-            events=appended_to_pb(append, result, data, subject is not None),
-            current_version=result.current_version,
-        )
+        response = pb.AppendEventsResponse(stream_id=result.stream_id.value, current_version=result.current_version)
+        add_appended_pb(response.events, append, result, data, subject is not None)
+        return response
 
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:
         page = await self.service.read_stream(
