@@ -119,13 +119,16 @@ def _receive(target: str, received: list[tuple[bytes, float]], calls: list[Any],
     with grpc.insecure_channel(target, options=options) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = pb_grpc.EventStoreServiceStub(channel)
-        call = stub.SubscribeToAll(pb.SubscribeToAllRequest(from_end=True, stream_prefixes=["lag-"]))
+        # batched, as the library's client subscribes: each event counts from its message's arrival
+        call = stub.SubscribeToAll(pb.SubscribeToAllRequest(from_end=True, stream_prefixes=["lag-"], max_batch=256))
         calls.append(call)
         subscribed.set()
         now, append = time.time, received.append
         try:
             for note in call:
-                append((note.event.payload_json, now()))
+                at = now()
+                for event in note.events:
+                    append((event.payload_json, at))
         except grpc.RpcError:
             if not stop.is_set():
                 raise

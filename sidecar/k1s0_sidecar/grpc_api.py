@@ -35,6 +35,7 @@ from .authz import Authenticator, Principal, Role, check
 from .errors import grpc_status, new_request_id
 from .metrics import Metrics
 from .service import EventStoreService, audit_subject, audited_metadata, time_texts
+from .subscriptions import BATCH_LIMIT, Batch
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStoreService"].full_name
 _PREFIX = f"/{SERVICE_NAME}/"
@@ -168,6 +169,27 @@ def _notification(e: EncodedEvent) -> pb.EventNotification:
     return pb.EventNotification(event=event_to_pb(e))
 
 
+async def _notifications(batches: AsyncIterator[Batch], max_batch: int) -> AsyncIterator[pb.EventNotification]:
+    """A subscription's messages: one per event, or (``max_batch`` > 1) up to ``max_batch`` events each.
+
+    grpc.aio sends one message per write and each write is a round of its own through grpc's core
+    and poller thread, so one message per event is what made a subscriber fall behind under load;
+    a batch is whatever the hub had ready (never waited for), so batching adds no latency. Each
+    event's ``StoredEvent`` is rendered once and shared by every subscriber (upb copies it in)."""
+    limit = min(max_batch, BATCH_LIMIT)
+    async for batch in batches:
+        if not batch:
+            continue  # a keep-alive: HTTP/2 has its own
+        if limit <= 1:
+            for delivery in batch:
+                yield delivery.render(_notification)
+            continue
+        for start in range(0, len(batch), limit):
+            notification = pb.EventNotification()
+            notification.events.extend([d.render(event_to_pb) for d in batch[start:start + limit]])
+            yield notification
+
+
 class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     def __init__(self, service: EventStoreService) -> None:
         self.service = service
@@ -255,20 +277,20 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     ) -> AsyncIterator[pb.EventNotification]:
         if self.subscriptions is None:
             raise EventStoreError("subscriptions are not enabled")
-        async for batch in self.subscriptions.stream(request.stream_id, request.after_version, request.from_end):
-            for delivery in batch or ():
-                yield delivery.render(_notification)
+        batches = self.subscriptions.stream(request.stream_id, request.after_version, request.from_end)
+        async for notification in _notifications(batches, request.max_batch):
+            yield notification
 
     async def SubscribeToAll(  # type: ignore[override]
         self, request: pb.SubscribeToAllRequest, context: Any
     ) -> AsyncIterator[pb.EventNotification]:
         if self.subscriptions is None:
             raise EventStoreError("subscriptions are not enabled")
-        async for batch in self.subscriptions.all(
+        batches = self.subscriptions.all(
             request.after_sequence, list(request.stream_prefixes), list(request.event_types), request.from_end
-        ):
-            for delivery in batch or ():
-                yield delivery.render(_notification)
+        )
+        async for notification in _notifications(batches, request.max_batch):
+            yield notification
 
 
 # -- interceptor ---------------------------------------------------------------------------------

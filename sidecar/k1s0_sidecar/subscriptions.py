@@ -17,7 +17,7 @@ database where it left off; appends and other subscribers never slow down becaus
 Events travel as PostgreSQL rendered them (``EncodedEvent``: JSON text, RFC 3339 times), never
 decoded. Each is wrapped once in a ``Delivery`` that every subscriber shares, so an edge renders an
 event's wire form (protobuf message, SSE frame) once for all its subscribers (``Delivery.render``).
-Subscribers receive batches: whatever their queue holds, up to ``_BATCH`` events, so an edge whose
+Subscribers receive batches: whatever their queue holds, up to ``BATCH_LIMIT`` events, so an edge whose
 protocol allows it (SSE) writes them with one write.
 """
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 _PAGE = 500
 #: At most this many queued events are handed to a subscriber at once.
-_BATCH = 256
+BATCH_LIMIT = 256
 
 T = TypeVar("T")
 
@@ -277,7 +277,7 @@ class SubscriptionHub:
     # -- the subscription API ----------------------------------------------------------------------
 
     async def _live(self, sub: Subscriber, heartbeat: bool) -> AsyncIterator[list[Item] | None]:
-        """What the hub queued for ``sub``: everything queued so far (up to ``_BATCH``) at once."""
+        """What the hub queued for ``sub``: everything queued so far (up to ``BATCH_LIMIT``) at once."""
         queue = sub.queue
         while True:
             if queue.empty():
@@ -289,7 +289,7 @@ class SubscriptionHub:
             else:
                 first = queue.get_nowait()
             items = [first]
-            while len(items) < _BATCH and not queue.empty():
+            while len(items) < BATCH_LIMIT and not queue.empty():
                 items.append(queue.get_nowait())
             yield items
 

@@ -414,21 +414,30 @@ class SubscribeToStreamRequest(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     AFTER_VERSION_FIELD_NUMBER: _builtins.int
     FROM_END_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     after_version: _builtins.int
     """Exclusive; 0 delivers the stream from its first event."""
     from_end: _builtins.bool
     """Only events committed after the call (after_version is then ignored)."""
+    max_batch: _builtins.int
+    """Events per EventNotification. 0 or 1: one event per notification, in `event`. Greater than 1:
+    up to that many events per notification, in `events` (`event` unset), whenever more than one
+    is ready; values above the server's limit (256) are treated as the limit. Batching keeps a
+    subscriber up to date under load: each gRPC message costs the server a round of work of its
+    own, so one message per event falls behind long before the events themselves do.
+    """
     def __init__(
         self,
         *,
         stream_id: _builtins.str = ...,
         after_version: _builtins.int = ...,
         from_end: _builtins.bool = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "from_end", b"from_end", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "from_end", b"from_end", "max_batch", b"max_batch", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,10 +451,13 @@ class SubscribeToAllRequest(_message.Message):
     STREAM_PREFIXES_FIELD_NUMBER: _builtins.int
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     FROM_END_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Exclusive; 0 delivers from the first event."""
     from_end: _builtins.bool
     """Only events committed after the call (after_sequence is then ignored)."""
+    max_batch: _builtins.int
+    """Events per EventNotification, as in SubscribeToStreamRequest.max_batch."""
     @_builtins.property
     def stream_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -457,10 +469,11 @@ class SubscribeToAllRequest(_message.Message):
         stream_prefixes: _abc.Iterable[_builtins.str] | None = ...,
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         from_end: _builtins.bool = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_types", b"event_types", "from_end", b"from_end", "stream_prefixes", b"stream_prefixes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "event_types", b"event_types", "from_end", b"from_end", "max_batch", b"max_batch", "stream_prefixes", b"stream_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -510,16 +523,24 @@ class EventNotification(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___StoredEvent: ...
+    def event(self) -> Global___StoredEvent:
+        """The event, when the subscription asked for one event per notification (max_batch 0 or 1)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredEvent]:
+        """With max_batch > 1: one or more consecutive events, in order (`event` is then unset)."""
+
     def __init__(
         self,
         *,
         event: Global___StoredEvent | None = ...,
+        events: _abc.Iterable[Global___StoredEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,9 @@ from .._proto import event_store_pb2_grpc as pb_grpc
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+#: Events per subscription message we ask the sidecar for (its own limit is 256): a subscriber that
+#: takes one message per event falls behind under load (see the proto's ``max_batch``).
+_SUBSCRIBE_BATCH = 256
 _PAGE = 200
 
 
@@ -346,7 +349,8 @@ class GrpcEventStore(_Client, EventStore):
         def request(position: int, fresh: bool) -> Any:
             return self._stub.SubscribeToAll(
                 pb.SubscribeToAllRequest(after_sequence=position, stream_prefixes=list(stream_prefixes),
-                                         event_types=list(event_types), from_end=fresh),
+                                         event_types=list(event_types), from_end=fresh,
+                                         max_batch=_SUBSCRIBE_BATCH),
                 metadata=self._metadata(),
             )
 
@@ -362,7 +366,8 @@ class GrpcEventStore(_Client, EventStore):
 
         def request(position: int, fresh: bool) -> Any:
             return self._stub.SubscribeToStream(
-                pb.SubscribeToStreamRequest(stream_id=str(sid), after_version=position, from_end=fresh),
+                pb.SubscribeToStreamRequest(stream_id=str(sid), after_version=position, from_end=fresh,
+                                            max_batch=_SUBSCRIBE_BATCH),
                 metadata=self._metadata(),
             )
 
@@ -380,8 +385,10 @@ class GrpcEventStore(_Client, EventStore):
             try:
                 async for note in call:
                     fresh = False
-                    position = getattr(note.event, key)
-                    yield _envelope(note.event, cache)
+                    # batched (we ask for it), or one `event` from a sidecar that predates batching
+                    for event in note.events if note.events else (note.event,):
+                        position = getattr(event, key)
+                        yield _envelope(event, cache)
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRYABLE:
