@@ -63,6 +63,13 @@ def prefix() -> str:
     return f"b{uuid.uuid4().hex[:10]}-"
 
 
+def subscribe(stub: pb_grpc.EventStoreServiceStub, rpc: str, stream: str, prefix: str, max_batch: int) -> Any:
+    """``rpc`` ("stream" or "all") from the beginning: the one stream, or every stream under ``prefix``."""
+    if rpc == "stream":
+        return stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream, max_batch=max_batch))
+    return stub.SubscribeToAll(pb.SubscribeToAllRequest(stream_prefixes=[prefix], max_batch=max_batch))
+
+
 async def test_batched_subscriber_gets_every_event_once_in_order_across_catch_up_and_live(
     sidecar: ServedSidecar, stub: pb_grpc.EventStoreServiceStub, pg: LocalPostgres, prefix: str
 ) -> None:
@@ -87,23 +94,27 @@ async def test_batched_subscriber_gets_every_event_once_in_order_across_catch_up
     assert got == await committed(pg.dsn, sidecar.schema, prefix)
 
 
+@pytest.mark.parametrize("rpc", ["stream", "all"])
 @pytest.mark.parametrize("max_batch", [0, 1])
 async def test_without_batching_every_notification_carries_one_event(
-    stub: pb_grpc.EventStoreServiceStub, prefix: str, max_batch: int
+    stub: pb_grpc.EventStoreServiceStub, prefix: str, max_batch: int, rpc: str
 ) -> None:
     await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{prefix}s", events=events(40)))
-    call = stub.SubscribeToAll(pb.SubscribeToAllRequest(stream_prefixes=[prefix], max_batch=max_batch))
+    call = subscribe(stub, rpc, f"{prefix}s", prefix, max_batch)
     notes = await asyncio.wait_for(notes_until(call, 40), DEADLINE)
     assert len(notes) == 40
     assert all(n.HasField("event") and not n.events for n in notes)
     assert [n.event.version for n in notes] == list(range(1, 41))
 
 
-async def test_max_batch_above_the_limit_is_clamped_to_it(stub: pb_grpc.EventStoreServiceStub, prefix: str) -> None:
+@pytest.mark.parametrize("rpc", ["stream", "all"])
+async def test_max_batch_above_the_limit_is_clamped_to_it(
+    stub: pb_grpc.EventStoreServiceStub, prefix: str, rpc: str
+) -> None:
     n = 2 * BATCH_LIMIT + 50  # one catch-up page (500) is more than one limit's worth
     for k in range(0, n, 100):
         await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{prefix}s", events=events(min(100, n - k), k)))
-    call = stub.SubscribeToAll(pb.SubscribeToAllRequest(stream_prefixes=[prefix], max_batch=1_000_000))
+    call = subscribe(stub, rpc, f"{prefix}s", prefix, 1_000_000)
     notes = await asyncio.wait_for(notes_until(call, n), DEADLINE)
     sizes = [len(x.events) for x in notes]
     assert max(sizes) == BATCH_LIMIT
