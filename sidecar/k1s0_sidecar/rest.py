@@ -303,8 +303,6 @@ class RestApi:
         return await self._sse(request, events)
 
     async def _sse(self, request: web.Request, events: Any) -> web.StreamResponse:
-        from .subscriptions import sse_frame  # (the edge's one use of the hub's renderer)
-
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -317,7 +315,7 @@ class RestApi:
                     await response.write(b": keep-alive\n\n")
                     continue
                 # every event of the batch with one write; each frame is rendered once per hub event
-                await response.write(b"".join([delivery.render(sse_frame) for delivery in batch]))
+                await response.write(b"".join([delivery.render(wire.sse_frame) for delivery in batch]))
         except (ConnectionResetError, ConnectionError):
             return response  # the client went away
         except Exception as exc:

@@ -16,7 +16,8 @@ database where it left off; appends and other subscribers never slow down becaus
 
 Events travel as PostgreSQL rendered them (``EncodedEvent``: JSON text, RFC 3339 times), never
 decoded. Each is wrapped once in a ``Delivery`` that every subscriber shares, so an edge renders an
-event's wire form (protobuf message, SSE frame) once for all its subscribers (``Delivery.render``).
+event's wire form (protobuf message, ``wire.sse_frame``) once for all its subscribers
+(``Delivery.render``).
 Subscribers receive batches: whatever their queue holds, up to ``BATCH_LIMIT`` events, so an edge whose
 protocol allows it (SSE) writes them with one write.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -42,8 +44,6 @@ from k1s0_event_store import (
 )
 from k1s0_event_store._model import MAX_EVENT_TYPE_LENGTH, validate_filters, validate_version_bound
 from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
-
-from . import wire
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,6 @@ class Delivery:
         return result
 
 
-def sse_frame(event: EncodedEvent) -> bytes:
-    """An event as one server-sent event: its sequence as the id, the StoredEvent JSON as data."""
-    return f"id: {event.sequence}\ndata: {wire.event_text(event)}\n\n".encode()
-
-
-
 class _Signal:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -113,6 +107,25 @@ class Subscriber:
     matches: Callable[[EncodedEvent], bool]
     stream: str | None = None
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+
+
+_by_sequence = operator.attrgetter("sequence")
+_by_version = operator.attrgetter("version")
+
+
+def _fresh(items: list[Item], after: int, key: Callable[[Delivery], int]) -> tuple[list[Delivery], int, _Signal | None]:
+    """The events of a live batch past ``after`` (by ``key``: sequence or version; the hub may
+    queue what the subscriber already read from the database), up to the first signal in it.
+    Returns those events, the new position and that signal (``None`` if there is none)."""
+    batch: list[Delivery] = []
+    for item in items:
+        if not isinstance(item, Delivery):
+            return batch, after, item
+        position = key(item)
+        if position > after:
+            after = position
+            batch.append(item)
+    return batch, after, None
 
 
 class SubscriptionHub:
@@ -349,16 +362,7 @@ class SubscriptionHub:
                     if items is None:
                         yield None
                         continue
-                    batch: list[Delivery] = []
-                    end: _Signal | None = None
-                    for item in items:
-                        if isinstance(item, Delivery):
-                            if item.sequence > position:
-                                position = item.sequence
-                                batch.append(item)
-                        else:
-                            end = item
-                            break
+                    batch, position, end = _fresh(items, position, _by_sequence)
                     if batch:
                         yield batch
                     if end is LAGGED:
@@ -420,16 +424,7 @@ class SubscriptionHub:
                     if items is None:
                         yield None
                         continue
-                    batch: list[Delivery] = []
-                    end: _Signal | None = None
-                    for item in items:
-                        if isinstance(item, Delivery):
-                            if item.version > version:
-                                version = item.version
-                                batch.append(item)
-                        else:
-                            end = item
-                            break
+                    batch, version, end = _fresh(items, version, _by_version)
                     if batch:
                         yield batch
                     if end is LAGGED:

@@ -130,6 +130,11 @@ def event_text(e: EncodedEvent) -> str:
     )
 
 
+def sse_frame(event: EncodedEvent) -> bytes:
+    """An event as one server-sent event: its sequence as the id, the StoredEvent JSON as data."""
+    return f"id: {event.sequence}\ndata: {event_text(event)}\n\n".encode()
+
+
 def events_text(events: list[EncodedEvent]) -> str:
     return "[" + ",".join(map(event_text, events)) + "]"
 
