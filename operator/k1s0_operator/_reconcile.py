@@ -26,7 +26,16 @@ from . import _kafka, _postgres
 from ._resources import KubernetesUnavailable, config_map_body, secret_body, sidecar_config
 from ._runtime import Runtime
 from ._spec import DEFAULT_TOPIC, SpecError, StreamSpec, parse_spec, validate_topic
-from ._status import READY, SCHEMA_READY, TOPIC_READY, Condition, merge_conditions, phase_of, ready_from
+from ._status import (
+    PROVISIONED,
+    READY,
+    SCHEMA_READY,
+    TOPIC_READY,
+    Condition,
+    merge_conditions,
+    phase_of,
+    ready_from,
+)
 
 
 class _Reporter:
@@ -39,9 +48,13 @@ class _Reporter:
         generation = body.get("metadata", {}).get("generation")
         self.generation = int(generation) if generation is not None else None
 
-    def write(self, schema_c: Condition, topic_c: Condition, ready: Condition | None = None, **fields: Any) -> None:
+    def write(
+        self, schema_c: Condition, topic_c: Condition, ready: Condition | None = None,
+        provisioned: Condition | None = None, **fields: Any,
+    ) -> None:
         ready = ready or ready_from(schema_c, topic_c)
-        self.patch.status["conditions"] = merge_conditions(self.previous, [schema_c, topic_c, ready], self.generation)
+        updates = [schema_c, topic_c, ready, *([provisioned] if provisioned else [])]
+        self.patch.status["conditions"] = merge_conditions(self.previous, updates, self.generation)
         self.patch.status["observedGeneration"] = self.generation
         self.patch.status["phase"] = phase_of(ready)
         for key, value in fields.items():
@@ -57,9 +70,12 @@ class _Reporter:
         kopf.warn(self.body, reason=reason, message=message)
         return kopf.PermanentError(message)
 
-    def retry(self, runtime: Runtime, retry: int, schema: Condition, topic: Condition) -> kopf.TemporaryError:
+    def retry(
+        self, runtime: Runtime, retry: int, schema: Condition, topic: Condition,
+        provisioned: Condition | None = None, fields: Mapping[str, Any] | None = None,
+    ) -> kopf.TemporaryError:
         failing = schema if schema.status != "True" else topic
-        self.write(schema, topic)
+        self.write(schema, topic, provisioned=provisioned, **(fields or {}))
         delay = runtime.backoff(retry)
         kopf.warn(self.body, reason=failing.reason, message=f"{failing.message}; retrying in {delay:g}s")
         return kopf.TemporaryError(failing.message, delay=delay)
@@ -141,6 +157,14 @@ async def reconcile(
         elif result != "unchanged":
             kopf.info(body, reason=f"{kind}{result.capitalize()}", message=f"{kind} {name} {result}")
 
+    # The sidecar can serve from here on (it needs neither Kafka nor the operator): recorded now, so
+    # a broker that is down at creation does not keep the stream's pods out.
+    provisioned = Condition(
+        PROVISIONED, "True", "Provisioned", f"schema {s.schema}, role {s.role}, Secret {s.secret_name} and "
+        f"ConfigMap {s.config_map_name} exist: pods can get the sidecar",
+    )
+    placed: dict[str, Any] = {"schema": s.schema, "secretName": s.secret_name, "configMapName": s.config_map_name}
+
     # --- Kafka ---------------------------------------------------------------------------------
     topic_names = [t.name for t in s.topics]
     if not runtime.brokers:
@@ -154,7 +178,8 @@ async def reconcile(
                 outcomes = [await admin.ensure(t, existing) for t in s.topics]
         except _kafka.BrokerUnavailable as exc:
             raise reporter.retry(
-                runtime, retry, schema_ok, Condition(TOPIC_READY, "False", "BrokerUnavailable", str(exc))
+                runtime, retry, schema_ok, Condition(TOPIC_READY, "False", "BrokerUnavailable", str(exc)),
+                provisioned, placed,
             ) from None
         known = set(status.get("topics") or [])
         for o in outcomes:
@@ -169,14 +194,7 @@ async def reconcile(
 
     for message in repaired:
         kopf.warn(body, reason="DriftRepaired", message=message)
-    reporter.write(
-        schema_ok,
-        topic_cond,
-        schema=s.schema,
-        topics=topic_names,
-        secretName=s.secret_name,
-        configMapName=s.config_map_name,
-    )
+    reporter.write(schema_ok, topic_cond, provisioned=provisioned, topics=topic_names, **placed)
 
 
 def _user_of(dsn: str | None) -> str | None:

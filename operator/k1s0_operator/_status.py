@@ -14,7 +14,11 @@ from typing import Any, Literal
 SCHEMA_READY = "SchemaReady"
 TOPIC_READY = "TopicReady"
 READY = "Ready"
-CONDITION_TYPES = (SCHEMA_READY, TOPIC_READY, READY)
+#: True once the schema, role, Secret and ConfigMap have existed together: pods may get the sidecar
+#: from then on, whatever Ready says now (the sidecar needs neither Kafka nor the operator to serve).
+#: It stays True through later outages; the webhook refuses only streams that never got there.
+PROVISIONED = "Provisioned"
+CONDITION_TYPES = (SCHEMA_READY, TOPIC_READY, READY, PROVISIONED)
 
 Status = Literal["True", "False", "Unknown"]
 

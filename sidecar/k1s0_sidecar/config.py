@@ -42,6 +42,9 @@ class ServerSection:
     host: str = "0.0.0.0"
     port: int = 8080
     grpc_port: int = 9090
+    #: A second listener on every interface serving only /healthz and /readyz (0: none), so that
+    #: the kubelet's HTTP probes reach a sidecar whose API listens on loopback only.
+    health_port: int = 0
     #: Largest accepted REST request body.
     max_body_bytes: int = 4 * 1024 * 1024
     #: How long SIGTERM waits for in-flight requests before closing.
@@ -262,7 +265,8 @@ def _validate(c: Config) -> None:
         if value < minimum:
             raise ConfigError(f"{key}: must be >= {minimum} (got {value})")
 
-    for key, port in (("server.port", c.server.port), ("server.grpc_port", c.server.grpc_port)):
+    for key, port in (("server.port", c.server.port), ("server.grpc_port", c.server.grpc_port),
+                      ("server.health_port", c.server.health_port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{key}: must be a TCP port 0-65535 (got {port})")
     if c.server.port and c.server.port == c.server.grpc_port:

@@ -139,6 +139,8 @@ class Sidecar:
         self.grpc_port = 0
         self._embedded: EmbeddedPostgres | None = None
         self._runner: web.AppRunner | None = None
+        self._health_runner: web.AppRunner | None = None
+        self.health_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self.pool: asyncpg.Pool
@@ -243,6 +245,21 @@ class Sidecar:
         await site.start()
         server: Any = site._server
         self.rest_port = int(server.sockets[0].getsockname()[1])
+        if self.config.server.health_port:
+            await self._start_health()
+
+    async def _start_health(self) -> None:
+        # Only the two probe endpoints, on all interfaces: the kubelet probes the pod IP, while the
+        # API itself may listen on loopback only.
+        app = web.Application()
+        app.router.add_get("/healthz", self.rest.live)
+        app.router.add_get("/readyz", self.rest.ready)
+        self._health_runner = web.AppRunner(app, access_log=None)
+        await self._health_runner.setup()
+        site = web.TCPSite(self._health_runner, None, self.config.server.health_port)
+        await site.start()
+        server: Any = site._server
+        self.health_port = int(server.sockets[0].getsockname()[1])
 
     async def _start_grpc(self) -> None:
         server = grpc.aio.server(interceptors=[EdgeInterceptor(self.authenticator, self.metrics)])
@@ -291,6 +308,8 @@ class Sidecar:
             stops.append(self._grpc.stop(grace))
         if self._runner is not None:
             stops.append(self._runner.cleanup())
+        if self._health_runner is not None:
+            stops.append(self._health_runner.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
         await self.committer.close()
         for component in reversed(self.components):

@@ -18,8 +18,15 @@ NAMESPACE = "shop"
 CRD = Path(__file__).resolve().parents[2] / "crds" / "eventstreams.eventstore.k1s0.io.yaml"
 
 
-def eventstream(name: str = "orders", *, ready: bool = True, **sidecar: Any) -> dict[str, Any]:
-    """An EventStream as the operator leaves it once reconciled (or not yet Ready)."""
+def eventstream(
+    name: str = "orders", *, ready: bool = True, provisioned: bool | None = None, **sidecar: Any
+) -> dict[str, Any]:
+    """An EventStream as the operator leaves it once reconciled (or not yet Ready).
+
+    ``provisioned`` (default: ``ready``): whether it has a ``Provisioned`` condition, True, and the
+    Secret/ConfigMap names, as after a first successful provisioning.
+    """
+    provisioned = ready if provisioned is None else provisioned
     status: dict[str, Any] = {
         "phase": "Ready" if ready else "Provisioning",
         "conditions": [
@@ -31,7 +38,11 @@ def eventstream(name: str = "orders", *, ready: bool = True, **sidecar: Any) -> 
             }
         ],
     }
-    if ready:
+    if provisioned:
+        status["conditions"].append({
+            "type": "Provisioned", "status": "True", "reason": "Provisioned", "message": "pods can get the sidecar",
+            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1,
+        })
         status.update(schema=f"{NAMESPACE}_{name}", secretName=f"{name}-eventstore-db",
                       configMapName=f"{name}-eventstore-config")
     return {

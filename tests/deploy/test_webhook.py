@@ -128,7 +128,7 @@ async def test_labelled_pod_gets_a_native_sidecar(client: Client, pod: dict[str,
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["image"] == DEFAULT_IMAGE
     assert sidecar["args"] == ["serve", "--config", "/etc/k1s0-eventstore/config.yaml"]
-    assert {p["containerPort"] for p in sidecar["ports"]} == {8080, 9090}
+    assert {p["containerPort"] for p in sidecar["ports"]} == {8080, 9090, 9091}
     env = {e["name"]: e["value"] for e in sidecar["env"]}
     assert env["EVENTSTORE_SERVER_HOST"] == "127.0.0.1"
     assert (env["EVENTSTORE_SERVER_PORT"], env["EVENTSTORE_SERVER_GRPC_PORT"]) == ("8080", "9090")
@@ -136,10 +136,13 @@ async def test_labelled_pod_gets_a_native_sidecar(client: Client, pod: dict[str,
     volumes = {v["name"]: v for v in result["spec"]["volumes"]}
     assert volumes["k1s0-eventstore-config"]["configMap"]["name"] == "orders-eventstore-config"
     assert "emptyDir" in volumes["k1s0-eventstore-tmp"]
-    # Bound to loopback: the kubelet cannot reach it over the pod IP, so the probes run inside.
+    # Bound to loopback: the kubelet cannot reach the API over the pod IP, so it probes the
+    # probe-only listener (every interface) by HTTP; no exec probe starts a Python process.
+    assert env["EVENTSTORE_SERVER_HEALTH_PORT"] == "9091"
+    assert {"name": "es-health", "containerPort": 9091, "protocol": "TCP"} in sidecar["ports"]
     for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
-        command = sidecar[probe]["exec"]["command"]
-        assert command[:2] == ["python", "-c"] and f"http://127.0.0.1:8080{path}" in command[2]
+        assert "exec" not in sidecar[probe]
+        assert sidecar[probe]["httpGet"] == {"path": path, "port": "es-health", "scheme": "HTTP"}
     sc = sidecar["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
@@ -203,12 +206,24 @@ async def test_eventstream_in_another_namespace_does_not_count(client: Client, s
     assert response["allowed"] is False and 'EventStream "payments"' in response["status"]["message"]
 
 
-async def test_not_ready_eventstream_refuses_the_pod_with_its_reason(client: Client) -> None:
+async def test_never_provisioned_eventstream_refuses_the_pod_with_its_reason(client: Client) -> None:
     response = await client.admit(app_pod("billing"))
     assert response["allowed"] is False
     message = response["status"]["message"]
-    assert 'EventStream "billing"' in message and "not Ready" in message
+    assert 'EventStream "billing"' in message and "not been provisioned" in message
     assert "database unreachable" in message, "the Ready condition's message tells the user why"
+
+
+async def test_provisioned_eventstream_that_is_not_ready_now_still_admits(client: Client, streams: Streams) -> None:
+    # Ready False (an outage, a refused edit) after a first provisioning: pods keep being admitted.
+    streams[(NAMESPACE, "degraded")] = eventstream("degraded", ready=False, provisioned=True)
+    response = await client.admit(app_pod("degraded"))
+    assert response["allowed"] is True, response
+    # An older operator's stream (Ready True, no Provisioned condition) is admitted too.
+    legacy = eventstream("legacy")
+    legacy["status"]["conditions"] = [c for c in legacy["status"]["conditions"] if c["type"] == "Ready"]
+    streams[(NAMESPACE, "legacy")] = legacy
+    assert (await client.admit(app_pod("legacy")))["allowed"] is True
 
 
 async def test_eventstream_without_status_yet_is_not_ready(client: Client, streams: Streams) -> None:
@@ -308,8 +323,8 @@ async def test_settings_switches(streams: Streams, pod: dict[str, Any], native: 
         assert "restartPolicy" not in result["spec"]["containers"][1]
     sidecar = sidecar_of(result)
     # Bound to all interfaces: plain HTTP probes from the kubelet.
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
-    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "es-http", "scheme": "HTTP"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "es-http", "scheme": "HTTP"}
 
 
 def test_label_filter_is_an_object_selector() -> None:

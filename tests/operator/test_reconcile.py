@@ -104,7 +104,7 @@ async def test_create_provisions_schema_role_secret_configmap_topic(
     assert status["secretName"] == "orders-eventstore-db"
     assert status["configMapName"] == "orders-eventstore-config"
     assert status["observedGeneration"] == obj["metadata"]["generation"]
-    assert [c["type"] for c in status["conditions"]] == ["SchemaReady", "TopicReady", "Ready"]
+    assert [c["type"] for c in status["conditions"]] == ["SchemaReady", "TopicReady", "Ready", "Provisioned"]
     for c in status["conditions"]:
         assert c["status"] == "True"
         assert c["reason"] and c["message"] and c["lastTransitionTime"]
