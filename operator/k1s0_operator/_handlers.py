@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from . import _reconcile
+from . import _health, _reconcile
 from ._login import connection_info
 from ._runtime import Runtime, drift_interval
 from ._spec import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION
@@ -60,7 +60,8 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 async def reconcile(
     body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any
 ) -> None:
-    await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=retry)
+    async with _health.tracked("reconcile", patch):
+        await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=retry)
 
 
 @kopf.timer(*RESOURCE, interval=drift_interval(), initial_delay=drift_interval(), when=_active)
@@ -68,7 +69,8 @@ async def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, m
     generation = body.get("metadata", {}).get("generation")
     if status.get("observedGeneration") != generation:
         return  # a spec change is not handled yet: that is the change handlers' job, not drift
-    await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=0)
+    async with _health.tracked("drift", patch):
+        await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=0)
 
 
 @kopf.on.resume(*RESOURCE, when=_paused)
@@ -81,4 +83,5 @@ def report_paused(status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
 
 @kopf.on.delete(*RESOURCE, when=_active)
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    await _reconcile.delete(body=body, runtime=_runtime(memo), retry=retry)
+    async with _health.tracked("delete"):
+        await _reconcile.delete(body=body, runtime=_runtime(memo), retry=retry)

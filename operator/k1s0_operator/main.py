@@ -16,6 +16,7 @@ import kopf
 from kopf._core.engines.peering import Identity  # kopf 1.45's type of the identity argument
 
 from . import _handlers  # noqa: F401 - registers the EventStream handlers
+from ._health import liveness_endpoint  # importing registers the liveness probe, /readyz and /metrics
 from ._login import kubernetes_client
 from ._peering import Peering, ensure_objects, peering_from_env
 from ._resources import Kube
@@ -54,6 +55,7 @@ async def operate(
             clusterwide=clusterwide,
             standalone=True,  # one replica; no peering CRD needed
             memo=kopf.Memo(runtime=runtime),
+            liveness_endpoint=liveness_endpoint(),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )
@@ -79,6 +81,7 @@ async def operate(
             priority=peering.priority,
             identity=Identity(peering.identity),
             memo=kopf.Memo(runtime=runtime),
+            liveness_endpoint=liveness_endpoint(),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )

@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from typing import Any
 
 import kopf
 
-from . import certs
+from . import _health, certs
 from ._login import kubernetes_client
 from .injection import (
     GROUP,
@@ -59,6 +60,10 @@ logger = logging.getLogger("k1s0_operator.webhook")
 HANDLER_ID = "inject-sidecar"
 VERSION = "v1"
 PLURAL = "eventstreams"
+
+#: The EventStream GET's (connect, read) timeouts: well under the webhook's ``timeoutSeconds`` (10 by
+#: default), so a slow API server gets a clear 503 from us instead of the API server's own timeout.
+LOOKUP_TIMEOUT_SECONDS = (2.0, 3.0)
 
 #: ``await lookup(namespace, name)``: the EventStream object, or None if it does not exist.
 StreamLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
@@ -185,7 +190,17 @@ async def inject_sidecar(
     settings: InjectionSettings | None = memo.get("injection_settings")
     if lookup is None or settings is None:  # pragma: no cover - the startup handler sets both
         raise kopf.AdmissionError("the event-store webhook is not configured yet", code=503)
-    new = await admit(dict(body), namespace or "", lookup, settings)
+    start = time.monotonic()
+    outcome = "unavailable"
+    try:
+        new = await admit(dict(body), namespace or "", lookup, settings)
+        outcome = "unchanged" if new is None else "injected"
+    except kopf.AdmissionError as exc:
+        outcome = "refused" if exc.code == 403 else "unavailable"
+        raise
+    finally:
+        _health.ADMISSIONS.labels(outcome).inc()
+        _health.ADMISSION_SECONDS.observe(time.monotonic() - start)
     if new is None:
         return
 
@@ -213,7 +228,9 @@ def kubernetes_lookup(api_client: Any | None = None) -> StreamLookup:
     def get(namespace: str, name: str) -> Any:
         if not apis:
             apis.append(k8s.CustomObjectsApi(api_client or kubernetes_client()))
-        return apis[0].get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, _request_timeout=10)
+        return apis[0].get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=LOOKUP_TIMEOUT_SECONDS
+        )
 
     async def lookup(namespace: str, name: str) -> Mapping[str, Any] | None:
         try:

@@ -21,6 +21,7 @@ from tests.deploy.tools import ROOT, KubeTools, ensure_kube_tools
 CHART = ROOT / "charts" / "k1s0-eventstore"
 K8S_VERSION = "1.35.0"
 CERT_MANAGER = "cert-manager.io/v1"
+PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"
 
 #: Non-trivial values: a registry and digest, two watched namespaces, Kafka, cert-manager with a
 #: ClusterIssuer, a plain-container sidecar bound to all interfaces, Vault, Ignore, scheduling.
@@ -93,7 +94,7 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def validate_all(docs: list[dict[str, Any]]) -> Iterator[str]:
     for doc in docs:
-        if doc["apiVersion"] == CERT_MANAGER:  # not a Kubernetes API: no schema to validate against
+        if doc["apiVersion"] in (CERT_MANAGER, PROMETHEUS_OPERATOR):  # not Kubernetes APIs: no schemas here
             yield f"skipped {doc['kind']}"
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -128,11 +129,17 @@ def test_default_render_is_valid_and_wired(tools: KubeTools) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
-        "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment", "MutatingWebhookConfiguration",
+        "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Service", "Deployment",
+        "MutatingWebhookConfiguration", "PodDisruptionBudget",
+        # HA by default: Kopf peering (its two CRDs, the peering ClusterRole and binding).
+        "CustomResourceDefinition", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+        # The pre-delete hook (uninstall check) and its own account.
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job",
     ]), kinds
     assert len(validated) == len(docs)
 
-    deployment, service = one(docs, "Deployment"), one(docs, "Service")
+    deployment = one(docs, "Deployment")
+    [service] = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-webhook")]
     config = one(docs, "MutatingWebhookConfiguration")
     pod_spec = deployment["spec"]["template"]["spec"]
     [container] = pod_spec["containers"]
@@ -160,19 +167,57 @@ def test_default_render_is_valid_and_wired(tools: KubeTools) -> None:
     [webhook_rule] = [r for r in cluster_rules if "mutatingwebhookconfigurations" in r["resources"]]
     assert webhook_rule["resourceNames"] == [config["metadata"]["name"]]
     assert set(webhook_rule["verbs"]) == {"get", "patch"}
+    # Where OwnerReferencesPermissionEnforcement runs, blockOwnerDeletion needs this.
+    assert {"apiGroups": ["eventstore.k1s0.io"], "resources": ["eventstreams/finalizers"], "verbs": ["update"]} \
+        in cluster_rules
     role = one(docs, "Role")
     assert env["EVENTSTORE_WEBHOOK_SECRET"] in [n for r in role["rules"] for n in r.get("resourceNames", [])]
     assert env["EVENTSTORE_WEBHOOK_TLS"] == "self-signed"
     # No wildcard anywhere in RBAC.
     for r in cluster_rules + role["rules"]:
         assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"]
-    # The operator runs non-root on a read-only root filesystem, once.
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Highly available by default (the webhook fails closed): two replicas with peering, rolled
+    # one at a time, spread over nodes, and a drain evicts one at a time.
+    assert deployment["spec"]["replicas"] == 2 and env["EVENTSTORE_OPERATOR_PEERING_PRIORITY"] == "auto"
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    anti = pod_spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+    # Liveness from Kopf's endpoint, readiness from the webhook listener (via /readyz), metrics.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert int(env["EVENTSTORE_OPERATOR_LIVENESS_PORT"]) == ports["liveness"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert int(env["EVENTSTORE_OPERATOR_METRICS_PORT"]) == ports["metrics"]
+    [metrics] = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
+    assert metrics["spec"]["ports"][0]["targetPort"] == "metrics"
+    # The operator runs non-root on a read-only root filesystem.
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["args"] == ["operator", "--all-namespaces"]
     assert env["EVENTSTORE_DATABASE_URL"] == {"secretKeyRef": {"name": "k1s0-eventstore-postgres-admin", "key": "url"}}
     assert container["image"] == "k1s0-eventstore:0.1.0"
+    # The sidecar image is the slim one (no operator dependencies).
+    assert env["EVENTSTORE_SIDECAR_IMAGE"] == "k1s0-eventstore-sidecar:0.1.0"
+
+
+def test_service_monitor_and_standalone_options(tools: KubeTools, tmp_path: Path) -> None:
+    docs = render(tools, {"operator": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kp"}}},
+                                       "podAntiAffinity": "hard"}}, tmp=tmp_path)
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kp"
+    [metrics] = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    affinity = one(docs, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in affinity
+    # Standalone (one replica, no peering): Recreate and no PodDisruptionBudget (it would block drains).
+    docs = render(tools, {"operator": {"replicas": 1, "peering": {"enabled": False}}}, tmp=tmp_path)
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert by_kind(docs, "PodDisruptionBudget") == []
 
 
 def kopf_object_selector() -> dict[str, Any]:
@@ -192,9 +237,9 @@ def test_rendered_settings_drive_the_injection(tools: KubeTools, tmp_path: Path)
     """The env the chart gives the operator parses into the settings the values asked for, and the
     pod those settings produce is a valid Pod."""
     for values, expected in (
-        (None, InjectionSettings(image="k1s0-eventstore:0.1.0")),
+        (None, InjectionSettings(image="k1s0-eventstore-sidecar:0.1.0")),
         (RICH_VALUES, InjectionSettings(
-            image="harbor.internal.example.com/k1s0-system/event-store:0.1.0-debug", native_sidecar=False,
+            image="harbor.internal.example.com/k1s0-system/event-store-sidecar:0.1.0-debug", native_sidecar=False,
             bind_address="0.0.0.0", rest_port=18080, grpc_port=19090,
             resources={"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}})),
     ):
@@ -213,7 +258,7 @@ def test_rendered_settings_drive_the_injection(tools: KubeTools, tmp_path: Path)
 
 def test_rich_values_render_valid_and_as_asked(tools: KubeTools, tmp_path: Path) -> None:
     docs = render(tools, RICH_VALUES, tmp=tmp_path)
-    assert sum(1 for v in validate_all(docs) if v.startswith("skipped")) == 1
+    assert sum(1 for v in validate_all(docs) if v.startswith("skipped")) == 1  # the leaf Certificate
     deployment = one(docs, "Deployment")
     pod_spec = deployment["spec"]["template"]["spec"]
     [container] = pod_spec["containers"]
@@ -223,9 +268,10 @@ def test_rich_values_render_valid_and_as_asked(tools: KubeTools, tmp_path: Path)
                                  "--config=/vault/secrets/operator.yaml"]
     assert pod_spec["imagePullSecrets"] == [{"name": "harbor"}]
     # Only the watched namespaces get the namespaced permissions.
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("-streams")]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["billing", "shop"]
-    assert [b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == ["evstore-k1s0-system-cluster"]
+    assert [b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == [
+        "evstore-k1s0-system-cluster", "evstore-k1s0-system-uninstall-check"]
     assert by_kind(docs, "Role") == [], "cert-manager owns the TLS Secret"
     # cert-manager: a Certificate from the given ClusterIssuer, mounted, and its CA injected.
     cert = one(docs, "Certificate")
@@ -256,21 +302,46 @@ def test_rich_values_render_valid_and_as_asked(tools: KubeTools, tmp_path: Path)
     assert pod_spec["tolerations"][0]["key"] == "dedicated"
 
 
-def test_cert_manager_without_issuer_creates_a_self_signed_issuer(tools: KubeTools, tmp_path: Path) -> None:
+def test_cert_manager_without_issuer_bootstraps_a_ca(tools: KubeTools, tmp_path: Path) -> None:
+    """SelfSigned -> a CA Certificate -> a CA Issuer -> the serving certificate: a renewal of the
+    serving certificate keeps the CA the API server trusts (cert-manager injects the CA's)."""
     docs = render(tools, {"webhook": {"certManager": {"enabled": True}}}, tmp=tmp_path)
-    issuer = one(docs, "Issuer")
-    assert issuer["spec"] == {"selfSigned": {}}
-    assert one(docs, "Certificate")["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
-    list(validate_all(docs))
+    issuers = {i["metadata"]["name"]: i["spec"] for i in by_kind(docs, "Issuer")}
+    certificates = {c["metadata"]["name"]: c["spec"] for c in by_kind(docs, "Certificate")}
+    [self_signed] = [n for n, spec in issuers.items() if spec == {"selfSigned": {}}]
+    [ca_issuer] = [n for n, spec in issuers.items() if "ca" in spec]
+    [ca_cert] = [n for n, spec in certificates.items() if spec.get("isCA")]
+    [leaf] = [n for n, spec in certificates.items() if not spec.get("isCA")]
+    assert certificates[ca_cert]["issuerRef"]["name"] == self_signed
+    assert issuers[ca_issuer]["ca"]["secretName"] == certificates[ca_cert]["secretName"]
+    assert certificates[leaf]["issuerRef"]["name"] == ca_issuer
+    assert certificates[leaf]["privateKey"]["rotationPolicy"] == "Always"
+    assert "server auth" in certificates[leaf]["usages"]
+    # The CA lives much longer than the leaf it signs; the webhook trusts the CA, injected by cert-manager.
+    assert certificates[ca_cert]["duration"] == "87600h"
+    config = one(docs, "MutatingWebhookConfiguration")
+    namespace = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")[0]
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{namespace}/{leaf}"
+    assert sum(1 for v in validate_all(docs) if v.startswith("skipped")) == 4
 
 
-def test_crd_is_the_repository_crd(tools: KubeTools) -> None:
-    link = CHART / "crds" / "eventstreams.eventstore.k1s0.io.yaml"
+def test_crd_is_the_repository_crd_templated_to_be_upgraded(tools: KubeTools, tmp_path: Path) -> None:
+    link = CHART / "files" / "eventstreams.eventstore.k1s0.io.yaml"
     assert link.is_symlink(), "one source of truth: the chart links to crds/, it does not copy"
-    shown = [d for d in yaml.safe_load_all(helm(tools, "show", "crds", str(CHART)).stdout) if d]
+    assert not (CHART / "crds").exists(), "crds/ is installed once and never upgraded by Helm"
     source = yaml.safe_load((ROOT / "crds" / "eventstreams.eventstore.k1s0.io.yaml").read_text())
-    assert shown == [source]
-    kubernetes_validate.validate(source, K8S_VERSION, strict=True)
+    [crd] = [d for d in render(tools) if d["kind"] == "CustomResourceDefinition"
+             and d["metadata"]["name"] == source["metadata"]["name"]]
+    # A template (so `helm upgrade` updates it), kept by `helm uninstall` (it would take every
+    # EventStream with it), otherwise the repository's file.
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert crd["spec"] == source["spec"]
+    for version in ("1.25.0", "1.29.0", K8S_VERSION):
+        kubernetes_validate.validate(crd, version, strict=True)
+    # Managed elsewhere: not rendered.
+    docs = render(tools, {"crds": {"install": False}}, tmp=tmp_path)
+    assert not [d for d in docs if d["metadata"]["name"] == source["metadata"]["name"]]
 
 
 def test_package_carries_the_crd_file(tools: KubeTools, tmp_path: Path) -> None:
@@ -279,7 +350,7 @@ def test_package_carries_the_crd_file(tools: KubeTools, tmp_path: Path) -> None:
     helm(tools, "package", str(CHART), "--destination", str(tmp_path))
     [archive] = tmp_path.glob("k1s0-eventstore-*.tgz")
     with tarfile.open(archive) as tar:
-        member = tar.getmember("k1s0-eventstore/crds/eventstreams.eventstore.k1s0.io.yaml")
+        member = tar.getmember("k1s0-eventstore/files/eventstreams.eventstore.k1s0.io.yaml")
         assert member.isfile()
         data = tar.extractfile(member)
         assert data is not None
@@ -289,7 +360,7 @@ def test_package_carries_the_crd_file(tools: KubeTools, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"operator": {"replicas": 2}}, "/operator/replicas"),
+        ({"operator": {"replicas": 2, "peering": {"enabled": False}}}, "/operator/replicas"),
         ({"webhook": {"failurePolicy": "Maybe"}}, "/webhook/failurePolicy"),
         ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
         ({"kafka": {"enabled": True}}, "/kafka/brokers"),

@@ -21,6 +21,7 @@ from tests.deploy.test_chart import CHART, by_kind, env_of, helm, one, render, v
 from tests.deploy.tools import KubeTools, ensure_kube_tools
 
 HA: dict[str, Any] = {"operator": {"replicas": 2, "peering": {"enabled": True}}}
+STANDALONE: dict[str, Any] = {"operator": {"replicas": 1, "peering": {"enabled": False}}}
 PEERING_FILES = CHART / "files" / "crds"
 
 
@@ -78,12 +79,13 @@ def test_two_replicas_with_peering_render_valid(tools: KubeTools, tmp_path: Path
     for selector in (references.CLUSTER_PEERINGS_K, references.NAMESPACED_PEERINGS_K):
         assert [r for r in served if selector.check(r)], f"no CRD serves {selector}"
 
-    # Cluster-wide: the ClusterKopfPeering, listed/watched/created, only its own object read and patched.
+    # Cluster-wide: the ClusterKopfPeering, listed/watched/created, only its own object patched
+    # (Kopf reads peers through its watch; tests/deploy/test_rbac.py runs it under these rules).
     rules = peering_rules(docs)
     assert rules == [
         {"apiGroups": ["kopf.dev"], "resources": [CLUSTER_PLURAL], "verbs": ["list", "watch", "create"]},
         {"apiGroups": ["kopf.dev"], "resources": [CLUSTER_PLURAL], "resourceNames": ["rel-k1s0-eventstore"],
-         "verbs": ["get", "patch"]},
+         "verbs": ["patch"]},
     ]
     binding = [b for b in by_kind(docs, "ClusterRoleBinding") if b["metadata"]["name"].endswith("-peering")]
     assert [b["roleRef"]["name"] for b in binding] == ["rel-k1s0-eventstore-k1s0-system-peering"]
@@ -122,8 +124,8 @@ def test_peering_crds_can_be_left_to_the_cluster(tools: KubeTools, tmp_path: Pat
     assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
 
 
-def test_without_peering_nothing_of_it_is_rendered(tools: KubeTools) -> None:
-    docs = render(tools)
+def test_without_peering_nothing_of_it_is_rendered(tools: KubeTools, tmp_path: Path) -> None:
+    docs = render(tools, STANDALONE, tmp=tmp_path)
     assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert not peering_rules(docs)
     env = env_of(one(docs, "Deployment"))
@@ -133,7 +135,6 @@ def test_without_peering_nothing_of_it_is_rendered(tools: KubeTools) -> None:
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"operator": {"replicas": 2}}, "/operator/replicas"),
         ({"operator": {"replicas": 2, "peering": {"enabled": False}}}, "/operator/replicas"),
         ({"operator": {"replicas": 2, "peering": {"enabled": True, "priority": 5}}}, "/operator/peering/priority"),
         ({"operator": {"peering": {"enabled": True, "priority": "high"}}}, "/operator/peering/priority"),
@@ -151,13 +152,15 @@ def test_schema_refuses_bad_peering_values(
 
 
 def test_template_refuses_replicas_without_peering_even_without_the_schema(tools: KubeTools, tmp_path: Path) -> None:
-    done = template(tools, tmp_path, {"operator": {"replicas": 2}}, "--skip-schema-validation")
+    done = template(tools, tmp_path, {"operator": {"replicas": 2, "peering": {"enabled": False}}},
+                    "--skip-schema-validation")
     assert done.returncode != 0 and "operator.replicas > 1 needs operator.peering.enabled=true" in done.stderr
     done = template(tools, tmp_path, {"operator": {"replicas": 2, "peering": {"enabled": True, "priority": 5}}},
                     "--skip-schema-validation")
     assert done.returncode != 0 and "priority must be auto" in done.stderr
     # An explicit priority is fine for a single replica (e.g. a fixed in-cluster operator).
-    assert template(tools, tmp_path, {"operator": {"peering": {"enabled": True, "priority": 5}}}).returncode == 0
+    assert template(tools, tmp_path, {"operator": {"replicas": 1, "peering": {"enabled": True, "priority": 5}}}
+                    ).returncode == 0
 
 
 def test_notes_say_which_mode(tools: KubeTools, tmp_path: Path) -> None:
@@ -168,5 +171,7 @@ def test_notes_say_which_mode(tools: KubeTools, tmp_path: Path) -> None:
     notes = done.stdout.split("NOTES:", 1)[1]
     assert 'Kopf peering "rel-k1s0-eventstore" is on: 2 replica(s)' in notes
     assert "kubectl get clusterkopfpeering rel-k1s0-eventstore" in notes
-    standalone = helm(tools, "install", "rel", str(CHART), "--dry-run=client", "--namespace", "k1s0-system")
+    path.write_text(yaml.safe_dump(STANDALONE))
+    standalone = helm(tools, "install", "rel", str(CHART), "--dry-run=client", "--namespace", "k1s0-system",
+                      "--values", str(path))
     assert "Kopf runs standalone" in standalone.stdout.split("NOTES:", 1)[1]

@@ -1,26 +1,27 @@
 """The image recipe, checked without a Docker engine (none runs here): the build context the
 .dockerignore allows is enough to build the package the Dockerfile installs, the runtime stage is
-non-root, and the exec probes the webhook injects work against a real HTTP server.
+non-root, and the HTTP probes the webhook injects reach a real sidecar bound to loopback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
-import http.server
 import shutil
 import subprocess
 import sys
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from k1s0_operator.injection import InjectionSettings, StreamTarget, sidecar_container
+from tests.conftest import create_schema, drop_schema
 from tests.deploy.conftest import app_pod, eventstream
 from tests.deploy.tools import ROOT
-from tests.support.postgres import free_port
+from tests.support.postgres import LocalPostgres, free_port
+from tests.support.sidecar import ServedSidecar
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -114,47 +115,28 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
     assert "k1s0-eventstore = k1s0_sidecar.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    ready = False
-
-    def do_GET(self) -> None:
-        ok = self.path == "/healthz" or (self.path == "/readyz" and type(self).ready)
-        self.send_response(200 if ok else 503)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def health_server() -> Iterator[tuple[int, type[_Health]]]:
-    handler = type("Health", (_Health,), {"ready": False})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+async def test_injected_http_probes_reach_a_loopback_sidecar(pg: LocalPostgres) -> None:
+    """The probes the webhook injects, against a real sidecar configured the way the webhook
+    configures it: the API on loopback only, /healthz and /readyz (nothing else) on every interface.
+    127.0.0.2 stands in for the pod IP: a socket bound to 127.0.0.1 does not accept it."""
+    settings = InjectionSettings(image="x", health_port=free_port())
+    container = sidecar_container(app_pod(), StreamTarget.from_eventstream(eventstream()), settings)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    schema = await create_schema(pg.dsn, "probe")
+    served = ServedSidecar(pg.dsn, schema, env={"EVENTSTORE_SERVER_HEALTH_PORT": env["EVENTSTORE_SERVER_HEALTH_PORT"]})
+    await asyncio.to_thread(served.start)
     try:
-        yield server.server_address[1], handler
+        async with aiohttp.ClientSession() as session:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                get = container[probe]["httpGet"]
+                async with session.get(f"http://127.0.0.2:{ports[get['port']]}{get['path']}") as resp:
+                    assert resp.status == 200, (probe, await resp.text())
+            async with session.get(f"http://127.0.0.2:{ports['es-health']}/api/v1/streams/x/events") as resp:
+                assert resp.status == 404, "only the probe endpoints are on the pod IP"
+            with pytest.raises(aiohttp.ClientConnectorError):
+                async with session.get(f"http://127.0.0.2:{served.rest_port}/healthz"):
+                    pass
     finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_injected_exec_probes_follow_the_sidecar(health_server: tuple[int, type[_Health]]) -> None:
-    port, handler = health_server
-    container = sidecar_container(app_pod(), StreamTarget.from_eventstream(eventstream()),
-                                  InjectionSettings(image="x", rest_port=port))
-
-    def probe(name: str) -> int:
-        command = container[name]["exec"]["command"]
-        assert command[0] == "python"
-        return subprocess.run([sys.executable, *command[1:]], capture_output=True, timeout=30).returncode
-
-    assert probe("livenessProbe") == 0
-    assert probe("readinessProbe") != 0 and probe("startupProbe") != 0, "503 from /readyz fails the probe"
-    handler.ready = True
-    assert probe("readinessProbe") == 0 and probe("startupProbe") == 0
-    unused = free_port()
-    refused = sidecar_container(app_pod(), StreamTarget.from_eventstream(eventstream()),
-                                InjectionSettings(image="x", rest_port=unused))
-    command = refused["livenessProbe"]["exec"]["command"]
-    assert subprocess.run([sys.executable, *command[1:]], capture_output=True, timeout=30).returncode != 0
+        await asyncio.to_thread(served.stop)
+        await drop_schema(pg.dsn, schema)

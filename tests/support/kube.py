@@ -42,8 +42,11 @@ from typing import Any
 
 import aiohttp.web
 import attrs
+import celpy  # type: ignore[import-untyped]
 import jsonschema  # type: ignore[import-untyped]
 from kmock import KubernetesEmulator, Request, ResourceInfo, Server, action, resource
+
+from tests.support.rbac import Attributes, Authorizer, request_attributes
 
 Key = tuple[str, str, str]  # group, version, plural
 ObjKey = tuple[str, str, str, str, str]  # group, version, plural, namespace ("" if cluster), name
@@ -227,6 +230,39 @@ def validation_errors(obj: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     return messages
 
 
+_CEL = celpy.Environment()
+_CEL_PROGRAMS: dict[str, Any] = {}
+_MISSING = object()
+
+
+def cel_errors(obj: Any, old: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """``x-kubernetes-validations`` (CEL) as the API server runs them: each rule where its value is
+    present; a rule that uses ``oldSelf`` (a transition rule) only on an update that had a value."""
+    errors: list[str] = []
+    if obj is _MISSING:
+        return errors
+    for rule in schema.get("x-kubernetes-validations") or []:
+        expression = rule["rule"]
+        transition = "oldSelf" in expression
+        if transition and old is _MISSING:
+            continue
+        program = _CEL_PROGRAMS.get(expression)
+        if program is None:
+            program = _CEL_PROGRAMS[expression] = _CEL.program(_CEL.compile(expression))
+        activation = {"self": celpy.json_to_cel(obj)}
+        if transition:
+            activation["oldSelf"] = celpy.json_to_cel(old)
+        result = program.evaluate(activation)
+        if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
+            where = (rule.get("fieldPath") or path or "<root>").lstrip(".")
+            errors.append(f"{where}: Invalid value: {rule.get('message') or 'failed rule: ' + expression}")
+    if isinstance(obj, dict):
+        for name, sub in (schema.get("properties") or {}).items():
+            old_value = old.get(name, _MISSING) if isinstance(old, dict) else _MISSING
+            errors += cel_errors(obj.get(name, _MISSING), old_value, sub, f"{path}.{name}")
+    return errors
+
+
 @attrs.define(kw_only=True)
 class ApiServer(KubernetesEmulator):
     """The emulator plus what Kopf and the kubernetes client need of a real API server."""
@@ -239,6 +275,11 @@ class ApiServer(KubernetesEmulator):
     _schemas: dict[Key, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _status_subresource: set[Key] = attrs.field(factory=set, init=False)
     _kinds: dict[Key, tuple[str, str, bool]] = attrs.field(factory=dict, init=False)  # kind, apiVersion, namespaced
+    #: Bearer token -> the RBAC rules its requests are held to (tokens not listed are not checked).
+    authorizers: dict[str, Authorizer] = attrs.field(factory=dict, init=False)
+    #: Every request an authorizer refused (403), and every one it checked, for the tests to read.
+    denied: list[str] = attrs.field(factory=list, init=False)
+    authorized: list[Attributes] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -316,8 +357,49 @@ class ApiServer(KubernetesEmulator):
         await self._notify()
         return result
 
+    # --- RBAC ------------------------------------------------------------------------------
+    async def _forbidden(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.Response | None:
+        """403 if the request's token has an authorizer that refuses it (else None: go on).
+
+        Besides the verb on the resource, what OwnerReferencesPermissionEnforcement asks (OpenShift
+        enables it): an object whose ownerReferences set ``blockOwnerDeletion`` may only be written
+        by someone who may ``update`` the owner's ``finalizers`` subresource.
+        """
+        token = raw_request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        authorizer = self.authorizers.get(token)
+        if authorizer is None:
+            return None
+        attributes = request_attributes(raw_request.method, raw_request.path, raw_request.query)
+        if attributes is None:
+            return None
+        checks = [attributes]
+        if attributes.verb in ("create", "update", "patch"):
+            try:
+                body = json.loads(await raw_request.read() or b"null")
+            except ValueError:
+                body = None
+            meta = body.get("metadata") if isinstance(body, dict) else None
+            for ref in (meta or {}).get("ownerReferences") or [] if isinstance(meta, dict) else []:
+                if not (isinstance(ref, dict) and ref.get("blockOwnerDeletion")):
+                    continue
+                group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+                plural = next((k[2] for k, (kind, api_version, _) in self._kinds.items()
+                               if kind == ref.get("kind") and api_version == ref.get("apiVersion")), "")
+                checks.append(Attributes("update", group, plural, "finalizers", attributes.namespace,
+                                         str(ref.get("name", ""))))
+        for a in checks:
+            self.authorized.append(a)
+            if not authorizer.allows(a):
+                message = authorizer.forbidden_message(a)
+                self.denied.append(message)
+                return self._status(403, "Forbidden", message)
+        return None
+
     # --- the HTTP side ---------------------------------------------------------------------
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        refused = await self._forbidden(raw_request)
+        if refused is not None:
+            return refused
         # kmock 0.8's path parser fails on /api/v1/namespaces[/name] (it reads "namespaces" as the
         # start of a namespaced path); Kopf lists and watches namespaces, so serve them here.
         match = _NAMESPACES_PATH.fullmatch(raw_request.path)
@@ -443,14 +525,15 @@ class ApiServer(KubernetesEmulator):
     def _record(self, key: Key, ns: str, type_: str, obj: dict[str, Any]) -> None:
         self._log.append(_Event(int(obj["metadata"]["resourceVersion"]), key, ns, type_, copy.deepcopy(obj)))
 
-    def _admit(self, key: Key, obj: dict[str, Any], name: str) -> None:
-        """Pruning, defaulting and validation against a CRD schema; Secret stringData."""
+    def _admit(self, key: Key, obj: dict[str, Any], name: str, old: dict[str, Any] | None = None) -> None:
+        """Pruning, defaulting and validation (schema, CEL rules) against a CRD; Secret stringData."""
         schema = self._schemas.get(key)
         kind = self._kind(key)[0]
         if schema is not None:
             prune(obj, schema, root=True)
             apply_defaults(obj, schema)
             errors = validation_errors({k: v for k, v in obj.items() if k != "metadata"}, schema)
+            errors += cel_errors(obj, _MISSING if old is None else old, schema)
             if errors:
                 raise ApiError(
                     422, "Invalid", f'{kind}.{key[0]} "{name}" is invalid: ' + "; ".join(errors)
@@ -552,7 +635,7 @@ class ApiServer(KubernetesEmulator):
                 new_meta.pop(field, None)
         new_meta["resourceVersion"] = old_meta["resourceVersion"]
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
-        self._admit(key, new, name)
+        self._admit(key, new, name, old)
         if new == old:
             return copy.deepcopy(old)  # a no-op: no new resourceVersion, no event
         if _essence(new) != _essence(old):

@@ -49,17 +49,14 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* The sidecar image: its own values where set, else the operator's image. */}}
+{{/* The sidecar image: its own values where set; by default the slim sidecar image built next
+to the operator's (`make image`): <image.repository>-sidecar with the same registry and tag. */}}
 {{- define "k1s0-eventstore.sidecarImage" -}}
 {{- $s := .Values.sidecar.image -}}
-{{- if or $s.registry $s.repository $s.tag -}}
-{{- $repo := default .Values.image.repository $s.repository -}}
+{{- $repo := default (printf "%s-sidecar" .Values.image.repository) $s.repository -}}
 {{- $registry := default .Values.image.registry $s.registry -}}
 {{- if $registry -}}{{- $repo = printf "%s/%s" $registry $repo -}}{{- end -}}
 {{- printf "%s:%s" $repo (default (default .Chart.AppVersion .Values.image.tag) $s.tag) -}}
-{{- else -}}
-{{- include "k1s0-eventstore.image" . -}}
-{{- end -}}
 {{- end -}}
 
 {{- define "k1s0-eventstore.webhookService" -}}
