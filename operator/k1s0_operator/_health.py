@@ -120,7 +120,8 @@ def stalled(limit: float, now: float | None = None) -> float:
 def reconciler_probe(**_: Any) -> str:
     stuck = stalled(stalled_after())
     if stuck:
-        raise RuntimeError(f"a reconcile has been running for {stuck:.0f}s: the reconciler is stalled")
+        # Permanent: Kopf would retry any other error until it passed, and answer late and 200.
+        raise kopf.PermanentError(f"a reconcile has been running for {stuck:.0f}s: the reconciler is stalled")
     return "ok"
 
 

@@ -98,7 +98,12 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         level=os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from k1s0_operator.main import run
+    try:
+        from k1s0_operator.main import run
+    except ModuleNotFoundError as exc:  # the slim sidecar image has no kopf/kubernetes client
+        print(f"error: the operator's dependencies are not installed ({exc.name}); this is the sidecar "
+              "image: run the operator from the k1s0-eventstore image", file=sys.stderr)
+        return 2
 
     try:
         run(namespaces=args.namespace, clusterwide=args.all_namespaces, config_path=args.config)

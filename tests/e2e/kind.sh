@@ -16,6 +16,7 @@ docker info >/dev/null 2>&1 || skip "no Docker engine answers ('docker info' fai
 
 CLUSTER=${KIND_CLUSTER:-k1s0-e2e}
 IMAGE=k1s0-eventstore:e2e
+SIDECAR_IMAGE=k1s0-eventstore-sidecar:e2e
 RELEASE=k1s0-eventstore
 NS=k1s0-system
 TOPIC=k1s0.shop.orders.event.published.v1
@@ -49,9 +50,10 @@ kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
 kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 180s ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 kubectl version
 
-step "image $IMAGE"
-docker build -t "$IMAGE" .
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+step "images $IMAGE $SIDECAR_IMAGE"
+docker build --target operator -t "$IMAGE" .
+docker build --target sidecar -t "$SIDECAR_IMAGE" .
+kind load docker-image "$IMAGE" "$SIDECAR_IMAGE" --name "$CLUSTER"
 
 step "PostgreSQL and Kafka"
 kubectl apply -f tests/e2e/manifests/postgres.yaml -f tests/e2e/manifests/kafka.yaml
@@ -73,6 +75,35 @@ for _ in $(seq 60); do
   [[ -n "$ca" ]] && break; sleep 2
 done
 [[ -n "$ca" ]] || { echo "caBundle was never patched"; exit 1; }
+
+step "RBAC of the operator's ServiceAccount (the real authorizer)"
+SA="system:serviceaccount:$NS:$RELEASE"
+WEBHOOK_CONFIG="$RELEASE-$NS"
+can() { [[ "$(kubectl auth can-i --as="$SA" "$@")" == yes ]] || { echo "the operator cannot: $*"; exit 1; }; }
+cannot() { if kubectl auth can-i --as="$SA" "$@" >/dev/null 2>&1; then echo "the operator should not: $*"; exit 1; fi; }
+for verb in list watch; do can "$verb" customresourcedefinitions.apiextensions.k8s.io; done
+for verb in get list watch patch; do can "$verb" eventstreams.eventstore.k1s0.io -n shop; done
+can patch eventstreams.eventstore.k1s0.io --subresource=status -n shop
+can update eventstreams.eventstore.k1s0.io --subresource=finalizers -n shop
+for verb in get create update delete; do
+  can "$verb" secrets -n shop; can "$verb" configmaps -n shop
+done
+can create events -n shop
+for verb in get patch; do can "$verb" "mutatingwebhookconfigurations.admissionregistration.k8s.io/$WEBHOOK_CONFIG"; done
+can create secrets -n "$NS"
+for verb in get update; do can "$verb" "secrets/$RELEASE-webhook-tls" -n "$NS"; done
+for verb in list watch create; do can "$verb" clusterkopfpeerings.kopf.dev; done
+can patch "clusterkopfpeerings.kopf.dev/$RELEASE"
+# What it was given before and never used, and what it must not have.
+cannot get customresourcedefinitions.apiextensions.k8s.io
+cannot get namespaces
+cannot update eventstreams.eventstore.k1s0.io -n shop
+cannot patch secrets -n shop
+cannot patch events -n shop
+cannot create events.events.k8s.io -n shop
+cannot patch mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-else
+cannot list pods -n shop
+cannot get clusterkopfpeerings.kopf.dev/"$RELEASE"
 
 step "EventStream and the labelled app"
 kubectl apply -f tests/e2e/manifests/shop-stream.yaml
@@ -114,6 +145,8 @@ step "delete everything"
 kubectl -n shop delete deploy/orders-app pod/plain --ignore-not-found --wait=true --timeout=180s
 kubectl -n shop delete eventstream/orders --wait=true --timeout=180s   # the operator's finalizer runs
 kubectl delete namespace shop --wait=true --timeout=180s
+# The pre-delete hook passes now that no EventStream is left; the CRD stays (resource-policy keep).
 helm uninstall "$RELEASE" --namespace "$NS" --wait
+kubectl get crd eventstreams.eventstore.k1s0.io
 echo
 echo "make e2e-kind: PASSED"
