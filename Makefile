@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint proto bench e2e-kind venv clean
+.PHONY: run test lint proto bench e2e-kind image venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ bench: $(BENCH_STAMP)
 		fi; \
 	fi
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+## The operator image (k1s0-eventstore:<version>) and the slim sidecar image (k1s0-eventstore-sidecar:<version>):
+# Docker where an engine answers, else buildah (Debian's), on the digest-pinned Python base or, when
+# that registry cannot be reached, a bookworm base made with mmdebstrap (cached in .image-cache/).
+# IMAGE=registry/name and TAG=... rename them; sizes are printed at the end.
+image:
+	@bash scripts/build-image.sh
 
 ## End-to-end on a kind cluster (needs kind and a Docker engine; says so and exits 0 where absent).
 e2e-kind:

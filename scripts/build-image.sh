@@ -60,8 +60,8 @@ if [[ -z $base ]]; then
       mmdebstrap --quiet --variant=minbase --include="$DEBIAN_PACKAGES" \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --aptopt='Acquire::Retries "3"' \
-        bookworm "$rootfs.part" http://deb.debian.org/debian
-      mv "$rootfs.part" "$rootfs"
+        bookworm "$CACHE/partial-$key.tar" http://deb.debian.org/debian   # .tar: mmdebstrap writes a tarball
+      mv "$CACHE/partial-$key.tar" "$rootfs"
     fi
     ctr=$(buildah from scratch)
     buildah add --quiet "$ctr" "$rootfs" / >/dev/null

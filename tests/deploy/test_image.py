@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import shutil
 import subprocess
 import sys
@@ -26,13 +27,15 @@ from tests.support.sidecar import ServedSidecar
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
-def stages() -> list[list[str]]:
-    out: list[list[str]] = []
+def stages() -> dict[str, list[str]]:
+    """The Dockerfile's stages by name, each with its non-comment lines (FROM first)."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
     for line in DOCKERFILE.splitlines():
         if line.startswith("FROM "):
-            out.append([])
-        if out and line and not line.startswith("#"):
-            out[-1].append(line)
+            current = out.setdefault(line.split(" AS ")[-1], [])
+        if current is not None and line and not line.startswith("#"):
+            current.append(line)
     return out
 
 
@@ -61,15 +64,24 @@ def context_files() -> list[Path]:
     return files
 
 
-def test_runtime_stage_is_small_and_non_root() -> None:
-    build, runtime = stages()
-    assert build[0].endswith("AS build") and runtime[0].endswith("AS runtime")
-    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in DOCKERFILE
-    assert "COPY --from=build /opt/k1s0 /opt/k1s0" in runtime
-    assert not any(line.startswith("COPY") and "--from" not in line for line in runtime), "no sources at runtime"
+def test_runtime_stages_are_small_and_non_root() -> None:
+    st = stages()
+    assert list(st) == ["build-base", "build-operator", "build-sidecar", "runtime", "sidecar", "operator"]
+    # The base is pinned by digest.
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$", DOCKERFILE, re.M)
+    for target, build in (("sidecar", "build-sidecar"), ("operator", "build-operator")):
+        lines = st[target]
+        assert lines[0] == f"FROM runtime AS {target}"
+        assert f"COPY --from={build} /opt/k1s0 /opt/k1s0" in lines
+        assert not any(line.startswith("COPY") and "--from" not in line for line in lines), "no sources at runtime"
+        # Each venv is made at the path it runs from (a virtualenv cannot move) and loses pip.
+        assert any("python -m venv /opt/k1s0" in line for line in st[build])
+        assert any("pip uninstall -q -y pip setuptools wheel" in line for line in st[build])
+    runtime = st["runtime"]
     [user] = [line for line in runtime if line.startswith("USER ")]
     assert user == "USER 10001:10001"
     assert 'ENTRYPOINT ["k1s0-eventstore"]' in runtime
+    assert any("site-packages/pip*" in line for line in runtime), "the base's pip goes"
     # The uid the webhook and the chart run the containers as is the image's user.
     assert InjectionSettings(image="x").run_as_user == 10001
     assert "useradd --system --uid 10001" in DOCKERFILE
@@ -85,18 +97,24 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
         dest = context / f.relative_to(ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dest)
-    # Every COPY source of the build stage is in the context.
-    for line in stages()[0]:
-        if line.startswith("COPY "):
+    # Every COPY source of the build stages is in the context.
+    st = stages()
+    for line in st["build-base"] + st["build-operator"] + st["build-sidecar"]:
+        if line.startswith("COPY ") and "--from" not in line:
             for src in line.split()[1:-1]:
                 assert (context / src).exists(), src
-    # The dependency list the Dockerfile extracts from pyproject.toml: its own command, run here.
-    [extract] = [line for line in stages()[0] if "requirements.txt" in line and "tomllib" in line]
-    code = extract.split('-c "', 1)[1].rsplit('" >', 1)[0]  # sh keeps the backslash-n as it is
-    done = subprocess.run([sys.executable, "-c", code], cwd=context, capture_output=True, text=True, check=True)
-    requirements = done.stdout.split()
-    assert any(r.startswith("kopf") for r in requirements) and any(r.startswith("asyncpg") for r in requirements)
-    assert not any(r.startswith(("pytest", "pgserver")) for r in requirements), "no dev or embedded extras"
+    # The dependency lists the Dockerfile extracts from pyproject.toml: its own command, run here
+    # (writing to /tmp/operator.txt and /tmp/sidecar.txt as in the build stage).
+    [extract] = [line for line in st["build-base"] if "tomllib" in line]
+    code = extract.split('-c "', 1)[1].rsplit('"', 1)[0]  # sh keeps the backslash-n as it is
+    code = code.replace("/tmp/", f"{tmp_path}/")
+    subprocess.run([sys.executable, "-c", code], cwd=context, capture_output=True, text=True, check=True)
+    operator = (tmp_path / "operator.txt").read_text().split()
+    sidecar = (tmp_path / "sidecar.txt").read_text().split()
+    assert any(r.startswith("kopf") for r in operator) and any(r.startswith("asyncpg") for r in operator)
+    assert not any(r.startswith(("pytest", "pgserver")) for r in operator), "no dev or embedded extras"
+    assert set(operator) - set(sidecar) == {r for r in operator if r.startswith(("kopf", "kubernetes"))}
+    assert any(r.startswith("asyncpg") for r in sidecar)
     # `pip install --no-deps .` of that context: build the same wheel and look inside.
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

@@ -28,7 +28,7 @@ from tests.operator.conftest import (
     stop_operator,
 )
 from tests.support.kafka import LocalKafka
-from tests.support.kube import ApiServer
+from tests.support.kube import ApiError, ApiServer
 from tests.support.postgres import LocalPostgres, free_port
 
 
@@ -207,6 +207,11 @@ async def test_partitions_grow_is_reported_when_the_broker_cannot_and_shrink_is_
     assert await topic_partitions(kafka, topic) == 2
 
     # Down: refused in the status, never attempted.
+    # The CRD's CEL rule refuses the shrink at the API; the operator's own check is for a cluster
+    # whose CRD predates the rule.
+    with pytest.raises(ApiError, match="never shrink"):
+        await api.patch_object(EVS, namespace, "grow", {"spec": {"kafka": {"partitions": 1}}})
+    api.cel = False
     await api.patch_object(EVS, namespace, "grow", {"spec": {"kafka": {"partitions": 1}}})
     obj = await with_condition(api, namespace, "grow", "TopicReady", "PartitionShrinkRefused")
     message = condition(obj, "TopicReady")["message"]
@@ -224,6 +229,9 @@ async def test_schema_rename_is_refused_and_the_old_schema_kept(
 ) -> None:
     await api.put_object(EVS, namespace, event_stream("named", namespace, {"database": {"schema": f"{namespace}_one"}}))
     await ready(api, namespace, "named")
+    with pytest.raises(ApiError, match="cannot change once set"):  # the CRD's CEL rule
+        await api.patch_object(EVS, namespace, "named", {"spec": {"database": {"schema": f"{namespace}_two"}}})
+    api.cel = False  # a CRD that predates the rule: the operator's own check
     await api.patch_object(EVS, namespace, "named", {"spec": {"database": {"schema": f"{namespace}_two"}}})
     obj = await with_condition(api, namespace, "named", "Ready", "SchemaImmutable")
     assert obj["status"]["phase"] == "Failed"
