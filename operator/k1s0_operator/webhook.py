@@ -61,9 +61,12 @@ HANDLER_ID = "inject-sidecar"
 VERSION = "v1"
 PLURAL = "eventstreams"
 
-#: The EventStream GET's (connect, read) timeouts: well under the webhook's ``timeoutSeconds`` (10 by
-#: default), so a slow API server gets a clear 503 from us instead of the API server's own timeout.
+#: The EventStream GET's (connect, read) timeouts, and a deadline over the whole lookup (the client's
+#: urllib3 retries a timed-out read, so the per-request timeouts alone could add up to 12 s): well
+#: under the webhook's ``timeoutSeconds`` (10 by default), so a slow API server gets the pod a clear
+#: 503 from us instead of the API server's own timeout.
 LOOKUP_TIMEOUT_SECONDS = (2.0, 3.0)
+LOOKUP_DEADLINE_SECONDS = 5.0
 
 #: ``await lookup(namespace, name)``: the EventStream object, or None if it does not exist.
 StreamLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
@@ -234,7 +237,10 @@ def kubernetes_lookup(api_client: Any | None = None) -> StreamLookup:
 
     async def lookup(namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
-            obj = await asyncio.to_thread(get, namespace, name)
+            async with asyncio.timeout(LOOKUP_DEADLINE_SECONDS):
+                obj = await asyncio.to_thread(get, namespace, name)
+        except TimeoutError:
+            raise LookupFailed(f"no answer from the API server within {LOOKUP_DEADLINE_SECONDS:g}s") from None
         except ApiException as exc:
             if exc.status == 404:
                 return None

@@ -92,12 +92,12 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def validate_all(docs: list[dict[str, Any]]) -> Iterator[str]:
+def validate_all(docs: list[dict[str, Any]], version: str = K8S_VERSION) -> Iterator[str]:
     for doc in docs:
         if doc["apiVersion"] in (CERT_MANAGER, PROMETHEUS_OPERATOR):  # not Kubernetes APIs: no schemas here
             yield f"skipped {doc['kind']}"
             continue
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
         yield f"{doc['kind']}/{doc['metadata']['name']}"
 
 
@@ -202,6 +202,14 @@ def test_default_render_is_valid_and_wired(tools: KubeTools) -> None:
     assert container["image"] == "k1s0-eventstore:0.1.0"
     # The sidecar image is the slim one (no operator dependencies).
     assert env["EVENTSTORE_SIDECAR_IMAGE"] == "k1s0-eventstore-sidecar:0.1.0"
+
+
+@pytest.mark.parametrize(("version", "extra"), [("1.25.0", ("--set", "sidecar.native=false")), ("1.29.0", ())])
+def test_render_is_valid_on_older_kubernetes(tools: KubeTools, version: str, extra: tuple[str, ...]) -> None:
+    """Everything the chart renders (HA defaults, PDB, hook, CRD with CEL rules) on 1.25 and 1.29."""
+    docs = render(tools, None, "--kube-version", version, *extra)
+    assert {"PodDisruptionBudget", "Job", "CustomResourceDefinition"} <= {d["kind"] for d in docs}
+    assert all(not v.startswith("skipped") for v in validate_all(docs, version))
 
 
 def test_service_monitor_and_standalone_options(tools: KubeTools, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ validated as a Pod against the Kubernetes 1.35 schemas (``kubernetes-validate``,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import jsonpatch
+import kopf
 import kubernetes_validate
 import pytest
 
@@ -342,3 +344,36 @@ def test_label_filter_is_an_object_selector() -> None:
     assert hook["clientConfig"]["url"] == "https://x/inject-sidecar"
     assert hook["rules"][0]["operations"] == ["CREATE"] and hook["rules"][0]["resources"] == ["pods"]
     assert hook["sideEffects"] == "None" and hook["failurePolicy"] == "Fail"
+
+
+async def test_lookup_gives_up_well_within_the_webhook_timeout() -> None:
+    """An API server that accepts the connection and never answers: the lookup fails (503 for the
+    pod) after the read timeout, well before the webhook's timeoutSeconds (10) would expire."""
+    from kubernetes import client as k8s
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = k8s.Configuration(host=f"http://127.0.0.1:{port}")
+    lookup = webhook.kubernetes_lookup(k8s.ApiClient(config))
+    assert webhook.LOOKUP_DEADLINE_SECONDS <= 5 and sum(webhook.LOOKUP_TIMEOUT_SECONDS) <= 5
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        with pytest.raises(webhook.LookupFailed):
+            await lookup(NAMESPACE, "orders")
+        elapsed = loop.time() - start
+        # The read timeout fired (urllib3 then retries it; the deadline stops that at 5 s).
+        assert webhook.LOOKUP_TIMEOUT_SECONDS[1] - 0.5 <= elapsed < webhook.LOOKUP_DEADLINE_SECONDS + 0.5, elapsed
+        with pytest.raises(kopf.AdmissionError) as refused:
+            await webhook.admit(app_pod("orders"), NAMESPACE, lookup, InjectionSettings(image=DEFAULT_IMAGE))
+        assert refused.value.code == 503
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
