@@ -7,10 +7,13 @@ the kubelet would restart the pod.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from k1s0_operator import _health
@@ -64,3 +67,36 @@ async def test_a_stuck_reconcile_fails_the_liveness_probe(
     finally:
         frozen_kafka.thaw()
         await stop_operator(op)
+
+
+async def test_readyz_follows_the_webhook_listener(tmp_path: Path) -> None:
+    """/readyz is 503 while nothing answers on the webhook port, 200 once a TLS listener does (the
+    operator's own certificates), and /metrics serves the operator's registry."""
+    import ssl
+
+    from k1s0_operator import certs
+
+    webhook_port, health_port = free_port(), free_port()
+    runner = aiohttp.web.AppRunner(_health.application("127.0.0.1", webhook_port, True))
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", health_port).start()
+    bundle, _ = certs.ensure_bundle(None, ["localhost", "127.0.0.1"])
+    files = certs.CertFiles(tmp_path)
+    files.write(bundle)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(files.certfile), str(files.keyfile))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{health_port}/readyz") as resp:
+                assert resp.status == 503 and f"127.0.0.1:{webhook_port}" in await resp.text()
+            server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", webhook_port, ssl=context)
+            try:
+                async with session.get(f"http://127.0.0.1:{health_port}/readyz") as resp:
+                    assert resp.status == 200, await resp.text()
+            finally:
+                server.close()
+                await server.wait_closed()
+            async with session.get(f"http://127.0.0.1:{health_port}/metrics") as resp:
+                assert "k1s0_operator_admission_duration_seconds" in await resp.text()
+    finally:
+        await runner.cleanup()
