@@ -5,7 +5,7 @@
 #   Otherwise buildah (Debian: apt-get install buildah), rootful, chroot isolation. The base is the
 #   Dockerfile's python:3.11-slim-bookworm when the registry can be reached; else a Debian bookworm
 #   root filesystem with Debian's python3 made by mmdebstrap from deb.debian.org (apt-get install
-#   mmdebstrap), cached in .image-cache/ and imported as localhost/k1s0-python-base:bookworm.
+#   mmdebstrap), cached in .image-cache/ and imported as localhost/k1s0-python-base:bookworm-<hash>.
 #
 # Environment: IMAGE (k1s0-eventstore), TAG (the package version), PYTHON_IMAGE (a base to use as
 # is), K1S0_IMAGE_BASE=debian (skip the registry and use the mmdebstrap base).
@@ -50,17 +50,21 @@ if [[ -z $base && ${K1S0_IMAGE_BASE:-} != debian ]]; then
   fi
 fi
 if [[ -z $base ]]; then
-  base=$DEBIAN_BASE
+  # merged /usr set up by mmdebstrap's hook, not by Debian's usrmerge package (which pulls in a
+  # full perl, ~50 MB, for a one-time conversion). The tag names what the base was made from.
+  hooks=/usr/share/mmdebstrap/hooks/merged-usr
+  key=$(printf '%s %s' "$DEBIAN_PACKAGES" "$hooks" | sha256sum | cut -c1-12)
+  base="$DEBIAN_BASE-$key"
   if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
-    key=$(printf '%s' "$DEBIAN_PACKAGES" | sha256sum | cut -c1-12)
     rootfs="$CACHE/bookworm-python3-$key.tar"
     if [[ ! -s $rootfs ]]; then
       command -v mmdebstrap >/dev/null 2>&1 || { echo "make image: apt-get install mmdebstrap" >&2; exit 2; }
       mkdir -p "$CACHE"
-      mmdebstrap --quiet --variant=minbase --include="$DEBIAN_PACKAGES" \
+      # The target name ends in .tar: mmdebstrap picks its output format by it.
+      mmdebstrap --quiet --variant=minbase --include="$DEBIAN_PACKAGES" --hook-dir="$hooks" \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --aptopt='Acquire::Retries "3"' \
-        bookworm "$CACHE/partial-$key.tar" http://deb.debian.org/debian   # .tar: mmdebstrap writes a tarball
+        bookworm "$CACHE/partial-$key.tar" http://deb.debian.org/debian
       mv "$CACHE/partial-$key.tar" "$rootfs"
     fi
     ctr=$(buildah from scratch)
@@ -83,5 +87,5 @@ for target in operator sidecar; do
     --target "$target" -t "$ref" . >/dev/null
 done
 for ref in "$OPERATOR" "$SIDECAR"; do
-  echo "$ref: $(buildah inspect --type image --format '{{.Docker.Size}}' "$ref" 2>/dev/null || true) $(buildah images --format '{{.Size}}' "$ref" | head -1) (base $base)"
+  echo "$ref: $(buildah images --format '{{.Size}}' "$ref" | head -1) (base $base)"
 done
