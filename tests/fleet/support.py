@@ -241,6 +241,7 @@ class OwnStreams:
     fallback: Client | None = None  # where the in-flight append is retried when the sidecar dies
     done: int = 0
     retried: list[bool] = field(default_factory=list)  # per retry: had the first attempt committed?
+    replayed: int = 0  # acknowledged appends sent again elsewhere and answered with the original
 
     def streams(self) -> list[str]:
         return [f"{self.tag}-{self.client.name}-{j}" for j in range(3)]
@@ -249,6 +250,7 @@ class OwnStreams:
         streams = self.streams()
         versions = dict.fromkeys(streams, 0)
         k = 0
+        last: tuple[str, list[dict[str, Any]], int | None, list[Event]] | None = None
         while (self.appends is None or k < self.appends) and not self.stop.is_set():
             stream = streams[k % len(streams)]
             n = SIZES[k % len(SIZES)]
@@ -260,8 +262,13 @@ class OwnStreams:
             except (TimeoutError, aiohttp.ClientError, grpc.aio.AioRpcError):
                 if self.fallback is None:
                     raise
-                # The sidecar went away with this append in flight: it may or may not have
-                # committed. Retry the very same append (same event ids) on another sidecar.
+                # The sidecar went away. First, as if the answer to the previous append had been
+                # lost: sending it again elsewhere returns the original result and stores nothing.
+                if last is not None:
+                    assert await self.fallback.append(*last[:3]) == last[3], "a replay answered differently"
+                    self.replayed += 1
+                # Then the append that was in flight, committed or not: the very same append (same
+                # event ids) on another sidecar.
                 ids = [e["event_id"] for e in events]
                 self.retried.append(await _stored(dsn, schema, ids))
                 via = self.fallback.sidecar.base_url
@@ -272,6 +279,7 @@ class OwnStreams:
             assert [e.event_id for e in got] == [e["event_id"] for e in events], got
             assert all(a.sequence < b.sequence for a, b in itertools.pairwise(got)), got
             versions[stream] += n
+            last = (stream, events, expected, got)
             self.ledger.ack(got, via)
             self.done += 1
             k += 1

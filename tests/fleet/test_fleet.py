@@ -251,6 +251,7 @@ async def test_kill_9_of_a_writing_sidecar_loses_nothing_acknowledged(fleet: Fle
         # Nothing but the retried appends could be stored without an answer, and those were answered.
         assert len(truth) == len(ledger.acked)
         assert [len(o.retried) for o in doomed] == [1] * len(doomed), "each victim client retried exactly once"
+        assert [o.replayed for o in doomed] == [1] * len(doomed), "each victim client replayed its last append"
         for reader in [*readers, restarted_reader]:
             judge_reader(reader, truth, ledger)
     finally:
@@ -262,6 +263,7 @@ async def test_kill_9_of_a_writing_sidecar_loses_nothing_acknowledged(fleet: Fle
             await asyncio.to_thread(victim.start)
     had_committed = sum(sum(o.retried) for o in doomed)
     print(f"\nkill -9: 8 writing sidecars, 7 + 4 clients, {sum(ledger.appends.values())} appends, {len(truth)} events; "
-          f"{len(doomed)} in-flight appends retried elsewhere ({had_committed} had committed before the kill); "
+          f"{len(doomed)} in-flight appends retried elsewhere ({had_committed} had committed before the kill) and "
+          f"{len(doomed)} acknowledged ones replayed elsewhere; "
           f"every survivor took 10 more appends {kept_going:.2f}s after the kill; readers caught up "
           f"{caught_up:.2f}s after the restart; {time.monotonic() - started:.1f}s in all")
