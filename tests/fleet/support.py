@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -44,11 +45,26 @@ FLEET_ENV = {
 # -- processes ---------------------------------------------------------------------------------
 
 
+def start(sidecar: ServedSidecar, timeout: float = 60) -> ServedSidecar:
+    """Start and wait until both protocols listen: ``/readyz`` answers once REST is up, and the
+    sidecar opens its gRPC port only after that."""
+    sidecar.start(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", sidecar.grpc_port), timeout=1):
+                return sidecar
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gRPC port not listening in {timeout}s:\n{sidecar.log()}") from None
+            time.sleep(0.02)
+
+
 def start_fleet(dsn: str, schema: str, n: int, env: dict[str, str] | None = None) -> list[ServedSidecar]:
     """Start ``n`` sidecars on one schema at once (their start-ups overlap) and wait until all are ready."""
     sidecars = [ServedSidecar(dsn, schema, env={**FLEET_ENV, **(env or {})}, migrate=False) for _ in range(n)]
     with ThreadPoolExecutor(n) as pool:
-        started = [pool.submit(s.start) for s in sidecars]
+        started = [pool.submit(start, s) for s in sidecars]
         errors = [f.exception() for f in started]
     if any(errors):
         stop_fleet(sidecars)
