@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -164,6 +165,16 @@ def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelop
 _encoded: Callable[[asyncpg.Record], EncodedEvent] = EncodedEvent._make
 
 
+@dataclass(slots=True)
+class AppendStats:
+    """How batches were written (see ``PostgresEventStore._append_planned``): counters for metrics
+    and tests. ``replanned`` counts plans found stale, ``locked`` batches decided under the lock."""
+
+    batches: int = 0
+    replanned: int = 0
+    locked: int = 0
+
+
 class PostgresEventStore(_PoolOwner, EventStore):
     """The event store on PostgreSQL. ``pool`` lets several stores share one asyncpg pool."""
 
@@ -177,6 +188,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
         self._sql_append_planned = f"SELECT * FROM {s}.append_planned({', '.join(f'${i}' for i in range(1, 14))})"
         # Stream versions this store last read or wrote: the first guess of every plan.
         self._known_versions: dict[str, int] = {}
+        self.append_stats = AppendStats()
         # One statement writes the stream rows and the events. The foreign-key check on events runs
         # at the end of the statement, so it sees the stream rows the CTE inserted.
         self._sql_write = (
@@ -245,27 +257,29 @@ class PostgresEventStore(_PoolOwner, EventStore):
         batch planned again. After ``_OPTIMISTIC_ATTEMPTS`` such races (a stream hot across
         sidecars), the batch is decided under the lock instead, which always completes.
         """
-        guessed = True
-        for _ in range(_OPTIMISTIC_ATTEMPTS):
-            if guessed:
-                versions = self._guess_versions(requests)
-                stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
-            else:
-                versions, stored_by_id = await self._read_state(conn, requests)
+        stats = self.append_stats
+        stats.batches += 1
+        versions = self._guess_versions(requests)
+        stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
+        guessed, stale = True, 0
+        while True:
             decisions = plan(requests, versions, stored_by_id)
             writes = [d for d in decisions if isinstance(d, Write)]
-            if guessed and len(writes) < len(decisions):
-                guessed = False
-                continue
-            if not writes:
-                return self._results(decisions, {})
-            args, finals = self._write_args(writes, versions)
-            rows = await conn.fetch(self._sql_append_planned, *args)
-            if rows:
-                self._remember(finals)
-                return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+            if not (guessed and len(writes) < len(decisions)):  # never refuse or replay on a guess
+                if not writes:
+                    return self._results(decisions, {})
+                args, finals = self._write_args(writes, versions)
+                rows = await conn.fetch(self._sql_append_planned, *args)
+                if rows:
+                    self._remember(finals)
+                    return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+                stats.replanned += 1
+                stale += 1
+                if stale >= _OPTIMISTIC_ATTEMPTS:
+                    stats.locked += 1
+                    return await self._append_locked(conn, requests)
+            versions, stored_by_id = await self._read_state(conn, requests)
             guessed = False
-        return await self._append_locked(conn, requests)
 
     def _guess_versions(self, requests: Sequence[AppendRequest]) -> dict[str, int]:
         guesses: dict[str, int] = {}
