@@ -78,7 +78,7 @@ _CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
 _DATA_ERRORS = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 #: Optimistic plans tried before a batch is decided under the lock (see _append_planned).
 _OPTIMISTIC_ATTEMPTS = 3
-_KNOWN_VERSIONS_LIMIT = 100_000
+_KNOWN_VERSIONS_LIMIT = 50_000
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
