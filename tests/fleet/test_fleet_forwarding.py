@@ -79,7 +79,7 @@ async def test_four_writing_sidecars_forward_every_event_in_stream_order(
     """8 own-stream writers (REST and gRPC, 1- to 5-event appends) and 4 read-modify-write clients
     on one hot stream, over 4 sidecars. Exactly one forwarder is active at every sample; the topic
     holds every committed event, each at its sequence, each stream in order within one partition."""
-    appends_each, hot_wins = 60, 8
+    appends_each, hot_wins = 120, 10
     sidecars, topic = forwarding_fleet
     started = time.monotonic()
     ledger = Ledger()
