@@ -34,11 +34,12 @@ from tests.support.sidecar import ServedSidecar
 #: reader on another sidecar may learn of a commit only at its next poll.
 DEADLINE = 90.0
 
-#: Small pools (10 sidecars share one PostgreSQL) and a short cross-sidecar poll interval, so a
-#: design that discovers other sidecars' commits by polling still finishes the tests quickly.
+#: Small pools (10 sidecars share one PostgreSQL). Sidecars find other sidecars' commits by polling
+#: (subscriptions and the forwarder both use this interval); pinned so that the tests' duration does
+#: not follow the default, while no check depends on it (every wait has a generous deadline).
 FLEET_ENV = {
     "EVENTSTORE_DATABASE_MAX_CONNECTIONS": "6",
-    "EVENTSTORE_EVENT_STORE_SUBSCRIPTION_POLL_INTERVAL_MS": "200",
+    "EVENTSTORE_EVENT_STORE_SUBSCRIPTION_POLL_INTERVAL_MS": "100",
 }
 
 
@@ -421,6 +422,38 @@ class GrpcSubscriber(Reader):
             finally:
                 call.cancel()
         raise AssertionError("the subscription ended")
+
+
+class HoppingSubscriber(Reader):
+    """gRPC ``SubscribeToAll`` that drops its connection every ``hop`` events and resumes from its
+    last sequence on the next sidecar, as a client behind a load balancer does: positions are
+    global, so the resumed subscription continues exactly where the other one stopped."""
+
+    def __init__(self, name: str, sidecars: Sequence[ServedSidecar], after: int, hop: int) -> None:
+        super().__init__(name, sidecars[0], after)
+        self.sidecars = sidecars
+        self.hop = hop
+        self.hops = 0
+
+    async def _run(self) -> None:
+        while True:
+            sidecar = self.sidecars[self.hops % len(self.sidecars)]
+            async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
+                stub = pb_grpc.EventStoreServiceStub(channel)
+                call = stub.SubscribeToAll(pb.SubscribeToAllRequest(after_sequence=self.last, max_batch=16))
+                got = 0
+                try:
+                    async for note in call:
+                        events = list(note.events) if len(note.events) else [note.event]
+                        self.seen.extend(Event(e.sequence, e.event_id, e.stream_id, e.version) for e in events)
+                        got += len(events)
+                        if got >= self.hop:
+                            break
+                    else:
+                        raise AssertionError("the subscription ended")
+                finally:
+                    call.cancel()
+            self.hops += 1
 
 
 class SseSubscriber(Reader):

@@ -25,6 +25,7 @@ from .support import (
     Event,
     GrpcPoller,
     GrpcSubscriber,
+    HoppingSubscriber,
     HotStream,
     Ledger,
     OwnStreams,
@@ -61,7 +62,8 @@ async def test_eight_writing_sidecars_readers_elsewhere_see_each_event_once_in_o
     """16 own-stream writers (REST and gRPC, 1- to 5-event appends, half with expected_version) and
     8 read-modify-write clients on 2 hot streams, spread over 8 sidecars; six readers: a
     SubscribeToAll, an SSE subscription, a REST and a gRPC read-all poller on the two sidecars that
-    take no writes, and a SubscribeToAll and an SSE subscription on two of the writing ones."""
+    take no writes, and a SubscribeToAll and an SSE subscription on two of the writing ones; and a
+    SubscribeToAll that resumes on the next of the 10 sidecars every 250 events."""
     appends_each, hot_wins = 96, 12
     started = time.monotonic()
     t = tag()
@@ -76,6 +78,8 @@ async def test_eight_writing_sidecars_readers_elsewhere_see_each_event_once_in_o
         GrpcSubscriber("SubscribeToAll on a writing sidecar", w[0], after).start(),
         SseSubscriber("SSE on a writing sidecar", w[1], after).start(),
     ]
+    hopper = HoppingSubscriber("SubscribeToAll resuming on the next sidecar every 250 events", [*r, *w], after, 250)
+    readers.append(hopper.start())
     clients: list[Client] = []
     try:
         own: list[OwnStreams] = []
@@ -109,7 +113,8 @@ async def test_eight_writing_sidecars_readers_elsewhere_see_each_event_once_in_o
     finally:
         await close_all(clients, readers)
     print(f"\nfleet: 8 writing sidecars, 24 clients, {sum(ledger.appends.values())} appends, {len(truth)} events "
-          f"({sum(h.conflicts for h in hot)} hot-stream conflicts), 6 readers on 4 sidecars; writes {written:.1f}s, "
+          f"({sum(h.conflicts for h in hot)} hot-stream conflicts), 6 readers on 4 sidecars and one that resumed "
+          f"{hopper.hops} times on the next sidecar; writes {written:.1f}s, "
           f"readers caught up {caught_up:.2f}s later; {time.monotonic() - started:.1f}s in all")
 
 
