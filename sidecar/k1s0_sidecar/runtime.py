@@ -180,6 +180,8 @@ class Sidecar:
         self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
         self.store = PostgresEventStore(store_config, pool=self.pool)
         self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
+        stats = self.store.append_stats
+        self.metrics.watch_append_path(lambda: (stats.replanned, stats.locked))
         self.committer = GroupCommitter(
             self.store.append_batch,
             max_batch=cfg.event_store.group_commit_max_batch,
