@@ -370,9 +370,9 @@ def _base_paths() -> dict[str, Any]:
             }
         },
         "/healthz": {"get": _health("healthz", "Liveness")},
-        "/health/live": {"get": _health("healthLive", "Liveness (seed 001 alias)")},
+        "/health/live": {"get": _health("healthLive", "Liveness (alias of /healthz)")},
         "/readyz": {"get": _health("readyz", "Readiness: database reachable, not shutting down", ready=True)},
-        "/health/ready": {"get": _health("healthReady", "Readiness (seed 001 alias)", ready=True)},
+        "/health/ready": {"get": _health("healthReady", "Readiness (alias of /readyz)", ready=True)},
         "/metrics": {
             "get": {
                 "operationId": "metrics",
@@ -438,7 +438,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "k1s0 event store",
             "version": "1.0.0",
-            "description": "Append-only event streams (seed 000). "
+            "description": "Append-only event streams. "
             "Errors: {error: {code, message, request_id, details}}.",
         },
         "paths": {**_base_paths(), **EXTRA_PATHS},
