@@ -190,6 +190,39 @@ async def test_missing_stream_and_snapshot(console: Console, sidecar: ServedSide
     assert console.unexpected() == []
 
 
+async def test_paging_through_a_stream_and_the_global_log(console: Console, sidecar: ServedSidecar) -> None:
+    page = console.page
+    stream = f"uipage-{uuid.uuid4().hex[:8]}"
+    body = {"events": [{"event_type": "Counted", "payload": {"i": i}} for i in range(1, 56)]}
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{sidecar.base_url}/api/v1/streams/{stream}/events", json=body
+    ) as r:
+        first_sequence = (await r.json())["events"][0]["sequence"]
+    # The stream opens on its newest page (versions 41..55 of 20 per page), following live.
+    await console.open(f"#/stream/{stream}")
+    await page.locator('details.event[data-version="55"]').wait_for()
+    assert await page.locator("details.event").count() == 15
+    await page.locator("#follow-state.live").wait_for()
+    await page.locator("a[rel=prev]").click()  # older
+    await page.locator('details.event[data-version="21"]').wait_for()
+    versions = await page.locator("details.event").evaluate_all("els => els.map(e => +e.dataset.version)")
+    assert versions == list(range(21, 41))
+    assert await page.locator("#follow").count() == 0  # no live follow off the newest page
+    await page.get_by_role("link", name="« oldest").click()
+    await page.locator('details.event[data-version="1"]').wait_for()
+    # The global log from a typed sequence, 50 per page, then the next page.
+    await console.open("#/events")
+    await page.locator("#jump").fill(str(first_sequence))
+    await page.locator("#stream-prefix").fill(stream)
+    await page.get_by_role("button", name="Show").click()
+    await page.locator(f'details.event[data-sequence="{first_sequence}"]').wait_for()
+    assert await page.locator("details.event").count() == 50
+    await page.locator("a[rel=next]").click()  # later
+    await page.locator('details.event[data-version="55"]').wait_for()
+    assert await page.locator("details.event").count() == 5
+    assert console.unexpected() == []
+
+
 # -- auth on: the token is pasted, kept in the tab, sent as a bearer; 401 and 403 are explained ---
 
 

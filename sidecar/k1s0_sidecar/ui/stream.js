@@ -42,7 +42,7 @@ export function streamView({ main, params, report }, streamId) {
         lastVersion = e.version;
         shown += 1;
         list.append(eventRow(e, { showStream: false }));
-        heading.textContent = `version ${e.version} · last event ${e.occurred_at}`;
+        heading.textContent = `version ${e.version} · live`;
       },
     });
   }
