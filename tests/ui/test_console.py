@@ -220,6 +220,20 @@ async def test_paging_through_a_stream_and_the_global_log(console: Console, side
     await page.locator("a[rel=next]").click()  # later
     await page.locator('details.event[data-version="55"]').wait_for()
     assert await page.locator("details.event").count() == 5
+    # The stream list: 50 a page, then the next page through the API's cursor.
+    prefix = f"uimany{uuid.uuid4().hex[:6]}-"
+    async with aiohttp.ClientSession() as http:
+        for i in range(52):
+            async with http.post(f"{sidecar.base_url}/api/v1/streams/{prefix}{i:02d}/events",
+                                 json={"events": [{"event_type": "E", "payload": {}}]}) as r:
+                assert r.status == 201
+    await console.open(f"#/streams?prefix={prefix}")
+    await page.locator(f'tr[data-stream="{prefix}51"]').wait_for()
+    assert await page.locator("tbody tr").count() == 50
+    await page.locator("a[rel=next]").click()
+    await page.locator(f'tr[data-stream="{prefix}00"]').wait_for()
+    assert await page.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.stream)") == [
+        f"{prefix}01", f"{prefix}00"]
     assert console.unexpected() == []
 
 
