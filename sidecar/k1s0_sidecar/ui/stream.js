@@ -49,13 +49,11 @@ export function streamView({ main, params, report }, streamId) {
 
   (async () => {
     // The newest page unless one is asked for: page k holds versions (k-1)*size+1 .. k*size.
-    let page = Number.parseInt(params.get("page") || "0", 10);
     const probe = await getJson(`${base}/events`, { page_size: 1 });
-    const current = probe.current_version;
-    const last = Math.max(1, Math.ceil(current / PAGE_SIZE));
-    if (!(page >= 1)) page = last;
-    const data = page === 1 ? null : await getJson(`${base}/events`, { page, page_size: PAGE_SIZE });
-    const first = data || await getJson(`${base}/events`, { page: 1, page_size: PAGE_SIZE });
+    const last = Math.max(1, Math.ceil(probe.current_version / PAGE_SIZE));
+    const asked = Number.parseInt(params.get("page") || "0", 10);
+    const page = asked >= 1 ? Math.min(asked, last) : last;
+    const first = await getJson(`${base}/events`, { page, page_size: PAGE_SIZE });
     if (!alive) return;
     for (const e of first.events) list.append(eventRow(e, { showStream: false }));
     shown = first.events.length;
