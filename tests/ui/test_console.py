@@ -299,3 +299,42 @@ async def test_auth_on_token_401_and_403(browser: Any, jwt_sidecar: tuple[Served
         await page.locator("#banner.auth", has_text="401").wait_for()
     finally:
         await context.close()
+
+
+# -- the status page with the Kafka forwarder on ------------------------------------------------------
+
+
+async def test_status_shows_the_forwarder_and_its_lag(browser: Any, pg: LocalPostgres) -> None:
+    from tests.forwarding.support import create_topics
+    from tests.support.kafka import LocalKafka
+
+    broker = LocalKafka()
+    await asyncio.to_thread(broker.start)
+    schema = await create_schema(pg.dsn, "uikafka")
+    topic = f"k1s0.ui.{uuid.uuid4().hex[:8]}.published.v1"
+    served = ServedSidecar(pg.dsn, schema, env={
+        "EVENTSTORE_KAFKA_BROKERS": broker.bootstrap, "EVENTSTORE_KAFKA_TOPIC_PUBLISHED": topic,
+        "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false",  # the test broker cannot; production keeps it on
+    })
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        await create_topics(broker.bootstrap, topic)
+        await asyncio.to_thread(served.start)
+        for i in range(3):
+            await append(served.base_url, f"uikafka-{i}", {"i": i})
+        page = await context.new_page()
+        page.set_default_timeout(15_000)
+        c = Console(page, served.base_url)
+        await c.open("#/status")
+        await page.locator("#forwarder-state", has_text="active").wait_for()
+        # every event published: the lag the page shows drops to 0 (refreshed every 2 s)
+        await page.locator("#forwarder-published", has_text="3").wait_for()
+        await page.locator("#forwarder-lag", has_text="0").wait_for()
+        assert await page.locator("#forwarder-lag").inner_text() == "0"
+        assert await page.locator("#forwarder-published").inner_text() == "3"
+        assert c.unexpected() == []
+    finally:
+        await context.close()
+        await asyncio.to_thread(served.stop)
+        await drop_schema(pg.dsn, schema)
+        await asyncio.to_thread(broker.stop)

@@ -79,7 +79,7 @@ export function statusView({ main, report }) {
           row("lag (events)", String(fwd.lag_events ?? "?"), "forwarder-lag"),
           row("lag (seconds)", String(fwd.lag_seconds ?? "?")),
           row("checkpoint", String(fwd.checkpoint ?? "?")),
-          row("events published", String(fwd.events_published ?? "?")),
+          row("events published", String(fwd.events_published ?? "?"), "forwarder-published"),
           row("last error", fwd.last_error || "none"))),
         h("details", {}, h("summary", {}, "full status"), pretty(fwd)));
       } else {
