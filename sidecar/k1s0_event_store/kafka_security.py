@@ -215,7 +215,10 @@ def classify_connection_error(exc: BaseException, sasl_mechanism: str | None = N
     if sasl_mechanism and not isinstance(exc, (OSError, asyncio.TimeoutError, KafkaError)):
         # aiokafka's SCRAM exchange fails with KeyError/ValueError when the broker answers with an
         # error (unknown user, wrong password: "e=...") or with a wrong server signature.
-        return "authentication", f"SASL {sasl_mechanism} authentication failed ({_describe(exc)})"
+        return "authentication", (
+            f"SASL {sasl_mechanism} authentication failed: the broker refused the user name or password"
+            f" ({_describe(exc)})"
+        )
     return "unavailable", f"cannot reach the brokers: {_describe(exc)}"
 
 
