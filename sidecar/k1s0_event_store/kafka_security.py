@@ -119,18 +119,18 @@ class KafkaSecurity:
         if self.ssl_key_file and not self.ssl_cert_file:
             raise self._error("ssl_cert_file", f"required when {self.prefix}ssl_key_file is set (mutual TLS)")
         if self.ssl_cert_file:
-            self._readable("ssl_cert_file")
-            if self.ssl_key_file:
-                self._readable("ssl_key_file")
+            self._pem("ssl_cert_file", "certificate")
+            key_holder = "ssl_key_file" if self.ssl_key_file else "ssl_cert_file"
+            self._pem(key_holder, "private key")
             try:
                 context.load_cert_chain(self.ssl_cert_file, self.ssl_key_file or None)
             except ssl.SSLError as exc:
                 if "KEY_VALUES_MISMATCH" in str(exc):
                     raise self._error(
-                        "ssl_key_file", f"{self.ssl_key_file} is not the key of {self.prefix}ssl_cert_file"
+                        "ssl_key_file" if self.ssl_key_file else "ssl_cert_file",
+                        f"the private key does not belong to the certificate in {self.ssl_cert_file}",
                     ) from None
-                key = "ssl_key_file" if self.ssl_key_file and "PEM" in str(exc) else "ssl_cert_file"
-                raise self._error(key, f"cannot load the client certificate/key ({exc})") from None
+                raise self._error(key_holder, f"cannot load the client certificate and key ({exc})") from None
         context.check_hostname = bool(self.ssl_check_hostname)
         return context
 
@@ -175,6 +175,18 @@ class KafkaSecurity:
                 "sasl_password", f"required with {self.prefix}sasl_mechanism (or {self.prefix}sasl_password_file)"
             )
         return self.sasl_password
+
+    def _pem(self, key: str, what: str) -> None:
+        """The file of ``key`` is readable and holds a PEM ``what`` ("certificate", "private key"):
+        checked one file at a time, so the error names the file that is wrong."""
+        self._readable(key)
+        data = Path(getattr(self, key)).read_bytes()
+        marker = b"-----BEGIN CERTIFICATE-----" if what == "certificate" else b"PRIVATE KEY-----"
+        if marker not in data:
+            hint = f" (set {self.prefix}ssl_key_file)" if key == "ssl_cert_file" and what != "certificate" else ""
+            raise self._error(key, f"{getattr(self, key)} holds no PEM {what}{hint}")
+        if b"ENCRYPTED" in data and what != "certificate":
+            raise self._error(key, f"{getattr(self, key)} holds an encrypted private key: give it unencrypted")
 
     def _readable(self, key: str) -> None:
         path = Path(getattr(self, key))

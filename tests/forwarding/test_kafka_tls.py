@@ -49,6 +49,8 @@ class TlsKafka:
     wrong_name: str  # bootstrap through a certificate of the same CA for another host name only
     ca: Path
     other_ca: Path  # a CA that signed none of the brokers' certificates
+    mutual: str = ""  # bootstrap through a port that requires a client certificate of ``ca``
+    client_cert: tuple[Path, Path] | None = None
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +60,18 @@ def tls_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
     other = TestCA(directory, "unrelated CA")
     good = ca.issue("broker", ["127.0.0.1", "localhost"])
     elsewhere = ca.issue("elsewhere", ["kafka.elsewhere.test"])
-    plain, tls, wrong = free_ports(3)
+    client = ca.issue("event-store-client", ["event-store"], client=True)
+    plain, tls, wrong, mutual = free_ports(4)
     broker = LocalKafka(plain, advertised_port=tls)
-    tunnel = Stunnel({"tls": (tls, plain, *good), "wrong-name": (wrong, plain, *elsewhere)})
+    tunnel = Stunnel(
+        {"tls": (tls, plain, *good), "wrong-name": (wrong, plain, *elsewhere), "mutual": (mutual, plain, *good)},
+        client_ca={"mutual": ca.cert_file},
+    )
     broker.start()
     try:
         tunnel.start()
-        yield TlsKafka(f"127.0.0.1:{tls}", f"127.0.0.1:{wrong}", ca.cert_file, other.cert_file)
+        yield TlsKafka(f"127.0.0.1:{tls}", f"127.0.0.1:{wrong}", ca.cert_file, other.cert_file,
+                       f"127.0.0.1:{mutual}", client)
     finally:
         tunnel.stop()
         broker.stop()
@@ -78,7 +85,8 @@ def section(bootstrap: str, topic: str, security: KafkaSecurity) -> KafkaSection
     return KafkaSection(
         brokers=[bootstrap], topic_published=topic, enable_idempotence=False,
         security_protocol=security.security_protocol, ssl_ca_file=security.ssl_ca_file,
-        ssl_check_hostname=security.ssl_check_hostname, sasl_mechanism=security.sasl_mechanism,
+        ssl_check_hostname=security.ssl_check_hostname, ssl_cert_file=security.ssl_cert_file,
+        ssl_key_file=security.ssl_key_file, sasl_mechanism=security.sasl_mechanism,
         sasl_username=security.sasl_username, sasl_password=security.sasl_password,
     )
 
@@ -198,6 +206,34 @@ async def test_hostname_checking_is_on_by_default(
     try:
         last = result.events[-1].sequence
         await poll_until(lambda: _true(forwarder.status()["checkpoint"] == last), 20, "published without the check")
+    finally:
+        await forwarder.stop()
+
+
+async def test_mutual_tls_client_certificate(
+    config: EventStoreConfig, store: PostgresEventStore, tls_kafka: TlsKafka, tls_topic: str
+) -> None:
+    """A port that requires a client certificate: refused without one, used with ssl_cert_file/ssl_key_file
+    (only the bootstrap goes through that port; the advertised one does not ask for a certificate)."""
+    assert tls_kafka.client_cert is not None
+    cert, key = tls_kafka.client_cert
+    registry = CollectorRegistry()
+    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.mutual, tls_topic, ssl_settings(tls_kafka)),
+                          registry=registry, backoff_max=0.5)
+    await forwarder.start()
+    try:
+        result = await store.append_events("order-mtls-1", [EventEnvelope("OrderPlaced", {})])
+        await poll_until(lambda: _true(forwarder.status()["last_error"] is not None), 20, "an error")
+        assert forwarder.status()["last_error"].startswith("Kafka: "), forwarder.status()
+        assert forwarder.status()["checkpoint"] == 0
+    finally:
+        await forwarder.stop()
+    with_cert = ssl_settings(tls_kafka, ssl_cert_file=str(cert), ssl_key_file=str(key))
+    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.mutual, tls_topic, with_cert))
+    await forwarder.start()
+    try:
+        last = result.events[-1].sequence
+        await poll_until(lambda: _true(forwarder.status()["checkpoint"] == last), 20, "published with a client cert")
     finally:
         await forwarder.stop()
 

@@ -101,10 +101,13 @@ class TestCA:
 
 
 class Stunnel:
-    """One stunnel process; ``services`` maps a name to (accept port, forward port, cert, key)."""
+    """One stunnel process; ``services`` maps a name to (accept port, forward port, cert, key).
+    ``client_ca``: services that require a client certificate signed by that CA (mutual TLS)."""
 
-    def __init__(self, services: Mapping[str, tuple[int, int, Path, Path]]) -> None:
+    def __init__(self, services: Mapping[str, tuple[int, int, Path, Path]],
+                 client_ca: Mapping[str, Path] | None = None) -> None:
         self.services = dict(services)
+        self.client_ca = dict(client_ca or {})
         self.root = Path(tempfile.mkdtemp(prefix="k1s0-stunnel-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -112,7 +115,10 @@ class Stunnel:
         lines = ["foreground = yes", "pid =", "debug = warning", f"output = {self.root / 'stunnel.log'}", ""]
         for name, (accept, forward, cert, key) in self.services.items():
             lines += [f"[{name}]", f"accept = 127.0.0.1:{accept}", f"connect = 127.0.0.1:{forward}",
-                      f"cert = {cert}", f"key = {key}", ""]
+                      f"cert = {cert}", f"key = {key}"]
+            if name in self.client_ca:
+                lines += ["verifyChain = yes", f"CAfile = {self.client_ca[name]}"]
+            lines.append("")
         conf = self.root / "stunnel.conf"
         conf.write_text("\n".join(lines))
         self.proc = subprocess.Popen([stunnel_binary(), str(conf)], stdout=subprocess.DEVNULL,
