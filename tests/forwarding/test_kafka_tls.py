@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
@@ -38,6 +39,7 @@ from k1s0_sidecar.config import KafkaSection
 from k1s0_sidecar.forwarder import Forwarder
 from tests.support.kafka import CONSUMER_GROUP_TIMEOUTS, LocalKafka
 from tests.support.postgres import free_ports
+from tests.support.sidecar import ServedSidecar
 from tests.support.tls import Stunnel, TestCA
 
 from .support import poll_until
@@ -293,3 +295,36 @@ async def test_sasl_ssl_scram_refusal_is_reported_as_authentication(
     with pytest.raises(_kafka.BrokerUnavailable, match="SASL SCRAM-SHA-512 authentication"):
         async with _kafka.Admin([sasl_kafka.tls], security):
             pass
+
+
+async def test_served_sidecar_forwards_over_tls_from_environment_settings(
+    config: EventStoreConfig, tls_kafka: TlsKafka, tls_topic: str, tmp_path: Path
+) -> None:
+    """The real ``serve`` process, configured only by EVENTSTORE_KAFKA_* variables; then the same with
+    a CA file that does not exist: start-up refused, naming the key."""
+    env = {
+        "EVENTSTORE_KAFKA_BROKERS": tls_kafka.tls, "EVENTSTORE_KAFKA_TOPIC_PUBLISHED": tls_topic,
+        "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false", "EVENTSTORE_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "EVENTSTORE_KAFKA_SSL_CA_FILE": str(tls_kafka.ca),
+    }
+    sidecar = ServedSidecar(config.dsn, config.schema, env=env)
+    await asyncio.to_thread(sidecar.start)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{sidecar.base_url}/api/v1/streams/order-served-tls/events",
+                                 json={"events": [{"event_type": "OrderPlaced", "payload": {}}]}) as r:
+                assert r.status in (200, 201), await r.text()
+
+            async def published() -> bool:
+                async with http.get(f"{sidecar.base_url}/api/v1/forwarder/status") as r:
+                    body = await r.json()
+                return bool(body["events_published"] >= 1 and body["security_protocol"] == "SSL")
+
+            await poll_until(published, 20, "the served sidecar to publish over TLS")
+    finally:
+        await asyncio.to_thread(sidecar.stop)
+    missing = str(tmp_path / "no-such-ca.pem")
+    broken = ServedSidecar(config.dsn, config.schema, env={**env, "EVENTSTORE_KAFKA_SSL_CA_FILE": missing})
+    with pytest.raises(RuntimeError, match="exited with 2") as caught:
+        await asyncio.to_thread(broken.start, 20)
+    assert f"kafka.ssl_ca_file: file not found: {missing}" in str(caught.value)
