@@ -71,6 +71,10 @@ class RoundFailed(Exception):
     """A round could not be delivered completely; it is sent again from the checkpoint."""
 
 
+class SchemaNotReady(Exception):
+    """The schema or its forwarder tables are missing in PostgreSQL (migrations not applied)."""
+
+
 #: Kafka-side failures of a round -> the ``reason`` label of eventstore_forwarder_publish_failures.
 #: In the status their message starts with "Kafka: " (PostgreSQL's with "PostgreSQL: ").
 _KAFKA_REASONS: dict[type[BaseException], str] = {
@@ -264,7 +268,8 @@ class Forwarder:
                 conn = await self._connect()
                 await self._session(conn)
             except Exception as exc:
-                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)):
+                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+                                    SchemaNotReady)):
                     self._error(f"PostgreSQL: {describe(exc)}", "postgresql")
                 else:  # a bug, not an outage: say so rather than blame either side
                     self._error(f"unexpected error: {describe(exc)}", None)
@@ -333,7 +338,7 @@ class Forwarder:
     async def _session(self, conn: asyncpg.Connection) -> None:
         oid = await conn.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", self.schema)
         if oid is None:
-            raise RuntimeError(f"schema {self.schema} does not exist (migrations not applied)")
+            raise SchemaNotReady(f"schema {self.schema} does not exist (migrations not applied)")
         key = forwarder_lock_key(int(oid))
         if self.last_error_source == "postgresql":
             log.info("forwarder (schema %s): PostgreSQL reachable again", self.schema)
@@ -418,7 +423,7 @@ class Forwarder:
             self.holder, timeout=self.query_timeout,
         )
         if row is None:
-            raise RuntimeError(f"{self.schema}.forwarder_checkpoint has no row (migration 3 incomplete)")
+            raise SchemaNotReady(f"{self.schema}.forwarder_checkpoint has no row (migration 3 incomplete)")
         position: int = row["position"]
         self.checkpoint = position
         self.metrics.checkpoint.set(position)
