@@ -328,3 +328,26 @@ async def test_served_sidecar_forwards_over_tls_from_environment_settings(
     with pytest.raises(RuntimeError, match="exited with 2") as caught:
         await asyncio.to_thread(broken.start, 20)
     assert f"kafka.ssl_ca_file: file not found: {missing}" in str(caught.value)
+
+
+async def test_a_setting_gone_bad_after_start_up_is_a_kafka_configuration_error(
+    config: EventStoreConfig, store: PostgresEventStore, tmp_path: Path
+) -> None:
+    """The password file is read for each new connection; deleted after start-up (the Secret was
+    removed), it is reported as Kafka's configuration problem, not as PostgreSQL's, and retried."""
+    secret = tmp_path / "password"
+    settings = KafkaSecurity(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
+                             sasl_username="orders", sasl_password_file=str(secret))
+    registry = CollectorRegistry()
+    kafka = replace(section("127.0.0.1:9", "k1s0.unused.v1", settings), sasl_password="",
+                    sasl_password_file=str(secret))
+    forwarder = Forwarder(config.dsn, config.schema, kafka, registry=registry, backoff_max=0.5)
+    await forwarder.start()
+    try:
+        await store.append_events("order-gone-1", [EventEnvelope("OrderPlaced", {})])
+        await poll_until(lambda: _true(failures(registry, "configuration") > 0), 20, "a configuration failure")
+        status = forwarder.status()
+        assert status["last_error"] == f"Kafka: kafka.sasl_password_file: file not found: {secret}", status
+        assert status["last_error_source"] == "kafka" and status["state"] == "active"
+    finally:
+        await forwarder.stop()
