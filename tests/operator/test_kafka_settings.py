@@ -18,8 +18,6 @@ from tests.support.tls import TestCA
 
 def test_sidecar_config_keeps_the_protocol_but_none_of_the_operators_credentials(tmp_path: Path) -> None:
     ca = TestCA(tmp_path)
-    secret = tmp_path / "password"
-    secret.write_text("operator-password\n")
     base = load_config(env={
         "EVENTSTORE_AUTH_MODE": "none", "EVENTSTORE_KAFKA_BROKERS": "kafka-0:9093",
         "EVENTSTORE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "EVENTSTORE_KAFKA_SSL_CA_FILE": str(ca.cert_file),
