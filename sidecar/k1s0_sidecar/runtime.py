@@ -9,10 +9,13 @@ group-commit queue so every acknowledged append is committed, stop components, c
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import signal
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +62,32 @@ def make_authenticator(config: Config) -> Authenticator:
     factory: Any = auth.make_authenticator
     result: Authenticator = factory(config.auth)
     return result
+
+
+class PortInUseError(RuntimeError):
+    """A listening port is taken; ``setting`` is the variable that moves it."""
+
+    def __init__(self, port: int, setting: str) -> None:
+        super().__init__(f"port {port} is in use; set {setting}")
+        self.port = port
+        self.setting = setting
+
+
+def check_ports_free(host: str, ports: dict[int, str]) -> None:
+    """Fail fast, before the (slow) database start, when a fixed port is already taken."""
+    for port, setting in ports.items():
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as the servers bind: a port left in TIME_WAIT by a previous run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUseError(port, setting) from None
+                raise
 
 
 class EmbeddedPostgres:
@@ -148,8 +177,15 @@ class Sidecar:
         self.service: EventStoreService
         self.authenticator: Authenticator
 
+    @property
+    def embedded(self) -> bool:
+        """True when ``serve`` started its own PostgreSQL (no database.url: development)."""
+        return self._embedded is not None
+
     async def start(self) -> None:
         cfg = self.config
+        check_ports_free(cfg.server.host, {cfg.server.port: "EVENTSTORE_SERVER_PORT",
+                                           cfg.server.grpc_port: "EVENTSTORE_SERVER_GRPC_PORT"})
         dsn = cfg.database.url
         run_migrations = cfg.database.migrate
         if not dsn:
@@ -216,8 +252,8 @@ class Sidecar:
         await self._start_rest()
         await self._start_grpc()
         self.ready = True
-        log.info("serving REST on %s:%d and gRPC on %s:%d (schema %s, auth %s)", cfg.server.host, self.rest_port,
-                 cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
+        log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
+                 cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
 
     def _committed(self) -> None:
         """This sidecar stored events: wake its own readers (other sidecars find them by polling)."""
@@ -316,14 +352,16 @@ class Sidecar:
             await asyncio.to_thread(self._embedded.stop)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: Config, on_ready: Callable[[Sidecar], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; ``on_ready`` once it serves."""
     sidecar = Sidecar(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await sidecar.start()
+    if on_ready is not None:
+        on_ready(sidecar)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
     await sidecar.stop()

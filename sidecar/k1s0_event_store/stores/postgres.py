@@ -28,6 +28,7 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
 from .._model import (
     MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
@@ -599,6 +600,26 @@ class PostgresEventStore(_PoolOwner, EventStore):
         async with self.connection() as conn:
             v = await conn.fetchval(f"SELECT current_version FROM {self._s}.event_streams WHERE id = $1", str(sid))
         return int(v or 0)
+
+    async def list_streams(self, *, prefix: str = "", after: str | None = None, limit: int = 50) -> StreamList:
+        position = validate_list_streams(prefix, after, limit)
+        since, last = position if position is not None else (None, None)
+        # Ids compare by code point (COLLATE "C"), as in every other store, so cursors are portable.
+        # One row more than asked says whether there is a next page.
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT id, aggregate_type, current_version, updated_at FROM {self._s}.event_streams"
+                " WHERE id ^@ $1"
+                ' AND ($2::timestamptz IS NULL OR (updated_at, id COLLATE "C") < ($2::timestamptz, $3::text))'
+                ' ORDER BY updated_at DESC, id COLLATE "C" DESC LIMIT $4',
+                prefix, since, last, limit + 1,
+            )
+        streams = [
+            StreamSummary(StreamId.parse(r["id"]), r["aggregate_type"], int(r["current_version"]), r["updated_at"])
+            for r in rows[:limit]
+        ]
+        last_row = rows[limit - 1] if len(rows) > limit else None
+        return StreamList(streams, encode_cursor(last_row["updated_at"], last_row["id"]) if last_row else None)
 
     async def delete_stream(self, stream_id: StreamId | str) -> int:
         sid = StreamId.of(stream_id)
