@@ -380,7 +380,7 @@ def test_kafka_tls_and_sasl_settings_reach_the_operator(tools: KubeTools, tmp_pa
         container["volumeMounts"]
     )
 
-    # Vault: seed 000's Kafka SASL path, rendered into the same file as the admin DSN.
+    # Vault: the design's Kafka SASL path, rendered into the same file as the admin DSN.
     kafka["credentials"] = {"secretName": ""}
     docs = render(tools, {"kafka": kafka, "vault": {"enabled": True}}, tmp=tmp_path)
     deployment = one(docs, "Deployment")
