@@ -126,7 +126,7 @@ def main() -> None:
             f.write(struct.pack(">I", len(r)))
             f.write(r)
     go_spec = {
-        "target": spec["target"], "method": method, "clients": int(spec["clients"]),
+        "target": spec["target"], "targets": spec.get("targets", []), "method": method, "clients": int(spec["clients"]),
         "per_connection": int(spec.get("per_connection", CLIENTS_PER_CONNECTION)), "requests": path,
         "delete_requests": True, "events_per_call": per, "count_field": field,
     }
