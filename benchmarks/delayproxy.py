@@ -41,7 +41,11 @@ class _Half(asyncio.Protocol):
         self.pending: collections.deque[tuple[float, bytes]] = collections.deque()
         self.pending_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
-        self.eof = False  # the other side closed: close ours once every delayed chunk is written
+        # after the delayed chunks: half-close this socket (the peer sent EOF), or close it (the peer is gone)
+        self.eof_after: bool = False
+        self.close_after: bool = False
+        self.got_eof = False  # this socket sent EOF (we may still write to it)
+        self.eof_sent = False
         self.closed = False
         self.buffered: list[bytes] = []  # read before the peer was connected (client side only)
 
@@ -56,16 +60,22 @@ class _Half(asyncio.Protocol):
         self.peer.send_later(data)
 
     def eof_received(self) -> bool:
+        self.got_eof = True
         if self.peer is not None:
-            self.peer.close_later()
-        return False  # close our transport; the peer closes after its delayed bytes
+            self.peer.close_later(full=False)
+        self._close_if_done()
+        return True  # keep our socket open for what the peer still sends (a half-close, passed on)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
         if self.peer is not None and not self.peer.closed:
-            self.peer.close_later()
+            self.peer.close_later(full=True)
+
+    def _close_if_done(self) -> None:
+        if self.got_eof and self.eof_sent and self.transport is not None:
+            self.transport.close()
 
     # -- the delayed writes to this side ----------------------------------------------------------
 
@@ -79,8 +89,10 @@ class _Half(asyncio.Protocol):
         if self.timer is None:
             self.timer = self.loop.call_at(self.pending[0][0], self._flush)
 
-    def close_later(self) -> None:
-        self.eof = True
+    def close_later(self, *, full: bool) -> None:
+        """After the delayed chunks: pass an EOF on (``full``: close, the peer is gone)."""
+        self.eof_after = True
+        self.close_after = self.close_after or full
         if self.timer is None:
             self._flush()
 
@@ -101,8 +113,13 @@ class _Half(asyncio.Protocol):
             self.peer.transport.resume_reading()
         if self.pending:
             self.timer = self.loop.call_at(self.pending[0][0], self._flush)
-        elif self.eof:
+        elif self.close_after:
             self.transport.close()
+        elif self.eof_after and not self.eof_sent:
+            self.eof_sent = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._close_if_done()
 
 
 async def serve(
@@ -128,7 +145,9 @@ async def serve(
                 upstream.send_later(chunk)
             client.buffered.clear()
             if client.closed:
-                upstream.close_later()
+                upstream.close_later(full=True)
+            elif client.got_eof:
+                upstream.close_later(full=False)
 
         task = loop.create_task(connect())
         connecting.add(task)

@@ -230,6 +230,9 @@ def method_lines() -> list[str]:
         "  trip costs 0.5 ms more) between the sidecars and PostgreSQL, and between the raw clients and",
         "  PostgreSQL for the raw rows marked `via proxy`. One Python process carries every proxied",
         "  connection: its CPU (`proxy CPU`) is part of what these rows measure.",
+        "- `min share`: the events appended by the least busy sidecar as a fraction of an even split",
+        "  (1.00: every sidecar appended 1/N of the events; from each sidecar's `/metrics`, warm-up",
+        "  included; `-` where a build does not export the counter): it shows that the load was spread.",
         "- Fleet ratios: `x 1x32` divides by the same target, build, workload and proxy at 1 x 32; `x raw`",
         "  by the raw no-lock INSERT at 32 connections with as many events per statement (through the",
         "  proxy for proxied rows); `x MDB` / `x Emmett` by that peer at the same layout; `x base` (with",
@@ -251,8 +254,8 @@ def markdown(records: list[dict[str, Any]], baseline_rev: str | None) -> list[st
                      "build's rate by that build's.")
     lines.append("")
     header = ("| case | build | loadgen | appends/s | events/s | p50 ms | p99 ms | x 1x32 | x raw | x MDB | x Emmett "
-              "| x base | sidecar CPU % | sidecar µs/append | PostgreSQL CPU % | proxy CPU % | errors |")
-    sep = "| " + " | ".join(["---", "---", "---"] + ["---:"] * 14) + " |"
+              "| x base | sidecar CPU % | sidecar µs/append | PostgreSQL CPU % | proxy CPU % | min share | errors |")
+    sep = "| " + " | ".join(["---", "---", "---"] + ["---:"] * 15) + " |"
     order = {t: i for i, t in enumerate(TARGET_LABELS)}
     sections: list[tuple[str, Callable[[dict[str, Any]], bool]]] = [
         ("1-event appends, distinct streams", lambda r: r["events_per_request"] == 1
@@ -277,7 +280,7 @@ def markdown(records: list[dict[str, Any]], baseline_rev: str | None) -> list[st
                 _fmt(r.get("ratio_to_raw"), 2), _fmt(r.get("ratio_to_messagedb"), 2),
                 _fmt(r.get("ratio_to_emmett"), 2), _fmt(r.get("ratio_to_baseline_build"), 2),
                 _fmt(r["server_cpu_pct"]), _fmt(r["server_cpu_us_per_request"], 0), _fmt(r["postgres_cpu_pct"]),
-                _fmt(r.get("proxy_cpu_pct")), str(r["errors"]),
+                _fmt(r.get("proxy_cpu_pct")), _fmt(r.get("sidecar_share_min"), 2), str(r["errors"]),
             ]) + " |")
         lines.append("")
     return lines

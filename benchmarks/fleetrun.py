@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,16 @@ class FleetRun:
     # -- sidecar cases -----------------------------------------------------------------------------------
 
     def sidecar_case(self, case: FleetCase, sidecars: list[ServedSidecar]) -> Measurement:
+        before = [appended(s) for s in sidecars]
+        m = self._sidecar_case(case, sidecars)
+        after = [appended(s) for s in sidecars]
+        shares = [a - b for a, b in zip(after, before, strict=True) if a is not None and b is not None]
+        if len(shares) == len(sidecars) and sum(shares) > 0:
+            # did every sidecar get its share? (events each appended over the case, warm-up included)
+            m.extra["sidecar_share_min"] = min(shares) * len(shares) / sum(shares)
+        return m
+
+    def _sidecar_case(self, case: FleetCase, sidecars: list[ServedSidecar]) -> Measurement:
         pids = [s.proc.pid for s in sidecars if s.proc is not None]
         assert len(pids) == case.processes, (len(pids), case)
         prefix = f"f{case.build[0]}{'p' if case.proxy else ''}{case.processes}-{case.target}"
@@ -300,6 +311,18 @@ class FleetRun:
                     group = [c for c in wanted if c.sidecar and c.build == build and c.proxy == proxy]
                     if group:
                         self.sidecar_group(build, proxy, group)
+
+
+def appended(sidecar: ServedSidecar) -> float | None:
+    """Events the sidecar appended so far (its ``/metrics``), or None where a build does not say."""
+    try:
+        with urllib.request.urlopen(f"{sidecar.base_url}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("eventstore_events_appended_total "):
+                    return float(line.split()[-1])
+    except OSError:
+        pass
+    return None
 
 
 def stop(sidecars: Sequence[ServedSidecar]) -> None:
