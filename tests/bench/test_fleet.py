@@ -323,4 +323,5 @@ def test_tiny_fleet_run(tmp_path: Path) -> None:
             assert r["server_cpu_pct"] > 0 and r["server_rss_mib"] > 0
             # one load generator spread over the 4 sidecars: each appended a fair share
             assert r["sidecar_share_min"] > 0.5, r
-    assert "#### Fleet: 1-event appends, distinct streams, via the 0.25 ms proxy" in (docs / "benchmarks.md").read_text()
+    md = (docs / "benchmarks.md").read_text()
+    assert "#### Fleet: 1-event appends, distinct streams, via the 0.25 ms proxy" in md
