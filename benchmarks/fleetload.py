@@ -25,7 +25,17 @@ import asyncpg
 
 from k1s0_event_store.schema import quote_ident
 
-from .common import EVENT_TYPE, StreamChooser, WorkerResult, await_window, closed_loop, emit, payload_json, read_spec
+from .common import (
+    EVENT_TYPE,
+    StreamChooser,
+    WorkerResult,
+    await_window,
+    closed_loop,
+    emit,
+    linger,
+    payload_json,
+    read_spec,
+)
 from .dbload import RAW_TABLE
 
 #: The advisory lock key of the raw locked shape (any constant: one lock per "schema").
@@ -72,7 +82,9 @@ async def _run(spec: dict[str, Any]) -> WorkerResult:
 
     window = await_window()
     try:
-        return await closed_loop(clients, op, window)
+        result = await closed_loop(clients, op, window)
+        await linger(window)
+        return result
     finally:
         await asyncio.gather(*(c.close() for c in conns))
 

@@ -27,7 +27,7 @@ import asyncpg
 
 from tests.support.sidecar import ServedSidecar
 
-from . import baseline, npmpeers
+from . import baseline, grpcgo, npmpeers
 from .common import SEED, payload
 from .dbload import raw_table_ddl
 from .fleet import BASELINE, CURRENT, PROXY_DELAY_MS, FleetCase, fleet_cases
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from .run import Run
 
 RAW_SCHEMA = "fleet_raw"
+#: Distinct gRPC requests the Go client cycles through in a quick run (a full run: grpcgo.MAX_REQUESTS).
+QUICK_GRPC_REQUESTS = 10_000
 #: How long N sidecars started at once may take to be ready (they share 2 cores while importing).
 FLEET_READY_TIMEOUT = 180.0
 
@@ -76,9 +78,7 @@ class FleetRun:
         if case.target in {"messagedb", "emmett"}:
             return npmpeers.missing()
         if case.target == "grpc":
-            from .grpcgo import missing as go_missing
-
-            return go_missing()
+            return grpcgo.missing()
         return None
 
     def wanted(self, case: FleetCase) -> bool:
@@ -230,7 +230,9 @@ class FleetRun:
         spec = {"kind": "append", "target": sidecars[0].grpc_target, "targets": [s.grpc_target for s in sidecars],
                 "clients": case.processes * case.clients, "per_connection": min(4, case.clients),
                 "events": case.events, "distribution": case.distribution, "expected": False, "prefix": prefix,
-                "seed": SEED * 10 + case.processes, "binary": str(go)}
+                "seed": SEED * 10 + case.processes, "binary": str(go),
+                # a quick run's few seconds need fewer distinct requests (they take a while to prepare)
+                "max_requests": QUICK_GRPC_REQUESTS if self.settings.quick else grpcgo.MAX_REQUESTS}
         return run_workers("grpcgo", [spec], self.settings.timing, server_pid=pids, postgres_pid=self.pg_pid,
                            others=self.others(case.proxy))
 

@@ -162,7 +162,8 @@ class Monitor(threading.Thread):
             self.sampler.join()
 
     def fill(self, m: Measurement) -> None:
-        span = self.until - self.start_at
+        # the interval between the two samples as taken (on a busy machine they can be late)
+        span = self.sampled_at[1] - self.sampled_at[0] if len(self.sampled_at) == 2 else self.until - self.start_at
         if self.server is not None and len(self.server_cpu) == 2:
             m.server_cpu_pct = 100.0 * (self.server_cpu[1] - self.server_cpu[0]) / span
             m.server_rss_mib = self.rss_peak / (1024 * 1024)

@@ -120,6 +120,9 @@ async function main() {
   await sleepUntil(window.begin_at);
   await Promise.all([...Array.from({ length: clients }, client), sampler]);
   result.cpu_s = (cpu.until ?? 0) - (cpu.from ?? 0);
+  // keep the connections a little past the window: the harness samples PostgreSQL's backends at
+  // its end, and one that has exited is not counted (benchmarks/common.py, LINGER_S)
+  await sleepUntil(until + 0.5);
   await store.close();
   await pool.end().catch(() => {});
   process.stdout.write(JSON.stringify(result) + '\n');
