@@ -204,6 +204,38 @@ def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     made.append(path)
+
+    fleet_rows = [r for r in cases if r["group"] == "fleet" and r["events_per_request"] == 1
+                  and r["distribution"] == "uniform"]
+    if fleet_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, proxied in zip(axes, (False, True), strict=True):
+            rows = [r for r in fleet_rows if bool(r["proxy_delay_ms"]) == proxied]
+            for target, label in fleet.TARGET_LABELS.items():
+                for build in (fleet.CURRENT, fleet.BASELINE):
+                    line = sorted((r for r in rows if r["target"] == target and r["build"] == build),
+                                  key=lambda r: r["processes"])
+                    if not line:
+                        continue
+                    name = label + (" (baseline build)" if build == fleet.BASELINE else "")
+                    if target == "raw-insert":  # one layout: a level to compare with
+                        ax.axhline(line[0]["events_per_s"], color="grey", linestyle="--", label=name)
+                        continue
+                    ax.plot([r["processes"] for r in line], [r["events_per_s"] for r in line], marker="o",
+                            linestyle=":" if build == fleet.BASELINE else "-", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([p for p, _ in fleet.LAYOUTS], [f"{p} x {k}" for p, k in fleet.LAYOUTS])
+            ax.set_xlabel("writer processes x clients each (32 clients)")
+            ax.set_ylabel("1-event appends/s, distinct streams")
+            ax.set_title(f"Fleet{f', via the {fleet.PROXY_DELAY_MS} ms proxy' if proxied else ''}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = img_dir / "bench-fleet.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
     return made
 
 

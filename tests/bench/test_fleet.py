@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import os
@@ -235,6 +236,10 @@ def test_fleet_records_ratios_and_report(tmp_path: Path) -> None:
     assert cells[11] == "19.00" and cells[16] == "0.97"
     assert "| sidecar REST, 16 x 2 | base |" in md
     assert "Fleet (`--only fleet`)" in md  # the method section explains the group
+    if importlib.util.find_spec("matplotlib") is not None:
+        made = report.plots(data, tmp_path / "img")
+        assert (tmp_path / "img" / "bench-fleet.png") in made
+        assert (tmp_path / "img" / "bench-fleet.png").stat().st_size > 1000
 
 
 def test_fleet_cases() -> None:
