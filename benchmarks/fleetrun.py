@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from tests.support.postgres import free_ports
 from tests.support.sidecar import ServedSidecar
 
 from . import baseline, grpcgo, npmpeers
@@ -255,6 +256,12 @@ class FleetRun:
         env = {"EVENTSTORE_LOG_LEVEL": "WARNING", "EVENTSTORE_DATABASE_MIN_CONNECTIONS": "5",
                "PYTHONPATH": baseline.pythonpath(tree)}
         sidecars = [ServedSidecar(self.dsn(proxy), schema, env=env) for _ in range(count)]
+        # every port distinct: each sidecar picks two free ports on its own, and a port that one
+        # picked is free again for the next (grpcio binds with SO_REUSEPORT, so two sidecars on one
+        # gRPC port would even both start and share its connections)
+        ports = free_ports(2 * count)
+        for i, s in enumerate(sidecars):
+            s.rest_port, s.grpc_port = ports[2 * i], ports[2 * i + 1]
         log(f"starting {count} sidecars ({build} build{', via the delay proxy' if proxy else ''}, schema {schema}, "
             f"logs {sidecars[0].log_path.parent}/k1s0-sidecar-*.log)")
         try:
