@@ -113,6 +113,8 @@ class FleetRun:
             log(f"  FAILED: {exc}")
             self.failures[case] = f"{type(exc).__name__}: {exc}"[:500]
             return
+        if m.ops == 0 and not m.first_error:  # (a window shorter than one request: say so, not just 0/s)
+            m.first_error = "no request completed inside the measured window"
         self.results[case] = m
         proxy_cpu = m.extra.get("proxy_cpu_pct")
         log(f"  {m.ops_per_s:,.0f} appends/s ({m.events_per_s:,.0f} events/s), p50 {m.latency['p50_ms']:.2f} ms, "
@@ -120,7 +122,8 @@ class FleetRun:
             + (f", sidecar CPU {m.server_cpu_pct:.0f} %" if m.server_cpu_pct is not None else "")
             + (f", PostgreSQL CPU {m.postgres_cpu_pct:.0f} %" if m.postgres_cpu_pct is not None else "")
             + (f", proxy CPU {proxy_cpu:.0f} %" if proxy_cpu is not None else "")
-            + (f", {m.errors} errors: {m.first_error[:200]}" if m.errors else ""))
+            + (f", {m.errors} errors: {m.first_error[:200]}" if m.errors else "")
+            + (f" ({m.first_error})" if m.ops == 0 else ""))
 
     @contextlib.contextmanager
     def delay_proxy(self) -> Iterator[None]:

@@ -55,7 +55,8 @@ async function readLine() {
 async function main() {
   const spec = JSON.parse(process.argv[2]);
   const clients = spec.clients ?? 1;
-  const pool = new pg.Pool({ connectionString: spec.dsn, max: clients });
+  // idleTimeoutMillis 0: keep every connection while the other writer processes start
+  const pool = new pg.Pool({ connectionString: spec.dsn, max: clients, idleTimeoutMillis: 0 });
   const store = getPostgreSQLEventStore(spec.dsn, {
     schema: { autoMigration: 'None' },
     connectionOptions: { pool },
