@@ -310,19 +310,25 @@ class FleetRun:
                 log(f"baseline build: {self.settings.baseline_rev} = {self.baseline[0][:12]} in {self.baseline[1]}")
             except RuntimeError as exc:
                 self.baseline_error = str(exc)
-        with contextlib.ExitStack() as stack:
-            if any(c.proxy for c in wanted):
-                stack.enter_context(self.delay_proxy())
-            database_side = [c for c in wanted if not c.sidecar]
-            if database_side:
-                self.setup_database_side(database_side)
-                for case in database_side:
-                    self.measure(case, functools.partial(self.database_case, case))
-            for build in (CURRENT, BASELINE):
-                for proxy in (False, True):
-                    group = [c for c in wanted if c.sidecar and c.build == build and c.proxy == proxy]
-                    if group:
-                        self.sidecar_group(build, proxy, group)
+        try:
+            with contextlib.ExitStack() as stack:
+                if any(c.proxy for c in wanted):
+                    stack.enter_context(self.delay_proxy())
+                database_side = [c for c in wanted if not c.sidecar]
+                if database_side:
+                    self.setup_database_side(database_side)
+                    for case in database_side:
+                        self.measure(case, functools.partial(self.database_case, case))
+                for build in (CURRENT, BASELINE):
+                    for proxy in (False, True):
+                        group = [c for c in wanted if c.sidecar and c.build == build and c.proxy == proxy]
+                        if group:
+                            self.sidecar_group(build, proxy, group)
+        except Exception as exc:  # (the proxy or the set-up failed) the other groups' results are kept
+            log(f"  the fleet group FAILED: {exc}")
+            for case in wanted:
+                if case not in self.results:
+                    self.failures.setdefault(case, f"{type(exc).__name__}: {exc}"[:500])
 
 
 def appended(sidecar: ServedSidecar) -> float | None:
