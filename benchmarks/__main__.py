@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     info["skipped_cases"] = {**{c.name: why for c, why in run.skipped.items()},
                              **{c.name: why for c, why in run.fleet.skipped.items()}}
+    info["fleet_proxy_check"] = run.fleet.proxy_check or None
     info["fleet_baseline"] = (
         {"rev": settings.baseline_rev, "commit": run.fleet.baseline[0] if run.fleet.baseline else None,
          "error": run.fleet.baseline_error or None} if settings.baseline_rev else None

@@ -240,7 +240,9 @@ def method_lines() -> list[str]:
     ]
 
 
-def markdown(records: list[dict[str, Any]], baseline_rev: str | None) -> list[str]:
+def markdown(
+    records: list[dict[str, Any]], baseline_rev: str | None, proxy_check: dict[str, float] | None = None
+) -> list[str]:
     """The fleet's tables: one per workload (and one for the proxy variant)."""
     if not records:
         return []
@@ -271,7 +273,12 @@ def markdown(records: list[dict[str, Any]], baseline_rev: str | None) -> list[st
                       key=lambda r: (order[r["target"]], r["processes"], r["build"] != CURRENT))
         if not rows:
             continue
-        lines += [f"#### Fleet: {title}", "", header, sep]
+        lines += [f"#### Fleet: {title}", ""]
+        if "proxy" in title and proxy_check:
+            direct, proxied = proxy_check["direct_ms"], proxy_check["proxied_ms"]
+            lines += [f"The proxy's calibration in this run: a `SELECT 1` round trip took {direct:.3f} ms straight to "
+                      f"PostgreSQL and {proxied:.3f} ms through the proxy (medians of 200).", ""]
+        lines += [header, sep]
         for r in rows:
             lines.append("| " + " | ".join([
                 f"{TARGET_LABELS[r['target']]}, {r['layout']}", "base" if r["build"] == BASELINE else "this",

@@ -15,8 +15,10 @@ import functools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -70,6 +72,8 @@ class FleetRun:
         #: (commit, worktree) of --baseline-rev, or why it could not be made
         self.baseline: tuple[str, Path] | None = None
         self.baseline_error = ""
+        #: median `SELECT 1` round trip to PostgreSQL, direct and through the proxy (ms): its calibration
+        self.proxy_check: dict[str, float] = {}
 
     # -- which cases -------------------------------------------------------------------------------
 
@@ -141,6 +145,9 @@ class FleetRun:
                 proc.kill()
                 raise RuntimeError(f"the delay proxy did not start: {line} {proc.communicate()[1][-1500:]}")
             self.proxy, self.proxy_port = proc, int(line[1])
+            self.proxy_check = asyncio.run(round_trips(self.run.dsn, self.dsn(True)))
+            log(f"  SELECT 1 round trip: {self.proxy_check['direct_ms']:.3f} ms direct, "
+                f"{self.proxy_check['proxied_ms']:.3f} ms through the proxy (medians)")
             yield
         finally:
             self.proxy = None
@@ -329,6 +336,23 @@ class FleetRun:
             for case in wanted:
                 if case not in self.results:
                     self.failures.setdefault(case, f"{type(exc).__name__}: {exc}"[:500])
+
+
+async def round_trips(direct: str, proxied: str, n: int = 200) -> dict[str, float]:
+    """Median ``SELECT 1`` round trip (ms) on one connection straight to PostgreSQL and one through the proxy."""
+    out: dict[str, float] = {}
+    for name, dsn in (("direct_ms", direct), ("proxied_ms", proxied)):
+        conn = await asyncpg.connect(dsn)
+        try:
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await conn.fetchval("SELECT 1")
+                times.append((time.perf_counter() - t0) * 1000.0)
+        finally:
+            await conn.close()
+        out[name] = statistics.median(times)
+    return out
 
 
 def appended(sidecar: ServedSidecar) -> float | None:

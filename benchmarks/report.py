@@ -409,7 +409,7 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
     baseline_run = run.get("fleet_baseline") or {}
     lines += fleet.markdown([r for r in data["cases"] if r["group"] == "fleet"],
                             f"{baseline_run['rev']} ({(baseline_run.get('commit') or '?')[:12]})"
-                            if baseline_run.get("rev") else None)
+                            if baseline_run.get("rev") else None, run.get("fleet_proxy_check"))
     lag = [r for r in data["cases"] if r["operation"] == "lag"]
     if lag:
         lines += [

@@ -197,7 +197,8 @@ def test_fleet_records_ratios_and_report(tmp_path: Path) -> None:
             "machine": {k: "x" for k in ("cpu_model", "cpu_cores", "virtualisation", "ram_gib", "os", "kernel",
                                           "postgresql", "postgresql_settings", "postgresql_filesystem", "python",
                                           "wrk", "grpc_go", "git_commit")} | {"load_average_at_start": [1.0]},
-            "fleet_baseline": {"rev": "main~3", "commit": "abcdef1234567890"}}
+            "fleet_baseline": {"rev": "main~3", "commit": "abcdef1234567890"},
+            "fleet_proxy_check": {"direct_ms": 0.081, "proxied_ms": 0.652}}
     data = report.build({}, {}, info, results, failed)
     by_name = {r["name"]: r for r in data["cases"]}
     rest16 = by_name[F("rest", 16, 2).name]
@@ -228,6 +229,7 @@ def test_fleet_records_ratios_and_report(tmp_path: Path) -> None:
     md = report.markdown(data, [], tmp_path)
     assert "### Fleet: N sidecars on one PostgreSQL and one schema" in md
     assert "`main~3 (abcdef123456)`" in md
+    assert "took 0.081 ms straight to PostgreSQL and 0.652 ms through the proxy" in md
     for title in ("1-event appends, distinct streams |", "100-event appends", "via the 0.25 ms proxy"):
         assert any(line.startswith("#### Fleet:") and title.rstrip(" |") in line for line in md.splitlines()), title
     row = next(line for line in md.splitlines() if line.startswith("| sidecar REST, 16 x 2 | this |"))
@@ -322,6 +324,9 @@ def test_tiny_fleet_run(tmp_path: Path) -> None:
         assert r["layout"] == "4 x 8" and r["proxy_delay_ms"] == 0.25 and r["errors"] == 0, r
         assert r["requests_per_s"] > 0 and r["p50_ms"] <= r["p99_ms"]
         assert r["proxy_cpu_pct"] > 0 and r["postgres_cpu_pct"] is not None
+    # the proxy's calibration: every round trip through it waits its delay twice
+    check = data["run"]["fleet_proxy_check"]
+    assert check["proxied_ms"] >= 0.5 and check["proxied_ms"] > check["direct_ms"]
     for target in ("rest", "grpc"):
         if target in measured:
             r = measured[target]
