@@ -58,6 +58,8 @@ class Settings:
     allow_missing: bool = False
     #: a folder: sample the sidecar with py-spy during each sidecar case and write its profile there
     profile_dir: Path | None = None
+    #: a git revision: the fleet's sidecar cases also run with the sidecar built from it (before/after)
+    baseline_rev: str = ""
 
     @classmethod
     def from_env(cls, quick: bool | None = None, only: str = "") -> Settings:
@@ -94,6 +96,10 @@ class Run:
         self._go_client: Path | None = None
         self.floor: tuple[subprocess.Popen[str], str, str] | None = None
         self.go_missing: str | None = None
+        from .fleetrun import FleetRun
+
+        #: the fleet group (issue #16): its cases, results and failures are its own
+        self.fleet = FleetRun(self)
 
     def go_client(self) -> Path | None:
         """The compiled gRPC load generator; None (the Python client is used) when Go is missing here
@@ -415,6 +421,7 @@ class Run:
             for case in cases:
                 if case.target == "lag":
                     self.measure_lag(case)
+            self.fleet.run_all()
 
 
 
