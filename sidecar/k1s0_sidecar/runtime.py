@@ -29,6 +29,7 @@ from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnaps
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
 
+from . import tracing
 from .authz import Authenticator, NoAuthenticator
 from .config import Config
 from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
@@ -245,7 +246,10 @@ class Sidecar:
         self.rest_port = int(server.sockets[0].getsockname()[1])
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.authenticator, self.metrics)])
+        # The tracing interceptor (when on) comes first, so the edge's work runs inside its span.
+        server = grpc.aio.server(
+            interceptors=[*tracing.grpc_interceptors(), EdgeInterceptor(self.authenticator, self.metrics)]
+        )
         pb_grpc.add_EventStoreServiceServicer_to_server(self.servicer, server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
