@@ -404,6 +404,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):
             return
         status = grpc_status(exc, request_id)
+        if tracing.ENABLED:
+            tracing.grpc_code(status.code)
         self._observe(method, status.code.name, started)
         await context.abort_with_status(status)
 

@@ -237,6 +237,23 @@ def error(code: str) -> None:
     trace.get_current_span().set_attribute("eventstore.error_code", code)
 
 
+def grpc_code(code: Any) -> None:
+    """The gRPC status of a failed call, on the current (server) span: ``abort_with_status`` goes
+    around the instrumentation's context wrapper, which would otherwise record it. Server-side
+    faults (INTERNAL, UNAVAILABLE, …) mark the span as an error, as the semantic conventions say."""
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+
+    span = trace.get_current_span()
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code.name in _GRPC_SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+
+
+_GRPC_SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
+                                 "DATA_LOSS"})
+
+
 # -- group commit --------------------------------------------------------------------------------
 
 
@@ -333,9 +350,9 @@ class _TraceIds(logging.Filter):
         return True
 
 
-def _log_trace_ids() -> None:
+def _log_trace_ids(handlers: Sequence[logging.Handler] | None = None) -> None:
     """Every root handler's lines end with the trace and span id when a span is active."""
-    for handler in logging.getLogger().handlers:
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
         handler.addFilter(_TraceIds())
         fmt = getattr(handler.formatter, "_fmt", None) or "%(message)s"
         handler.setFormatter(logging.Formatter(fmt + "%(trace_ids)s"))
