@@ -11,22 +11,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-try:
-    from opentelemetry import propagate, trace
-except ImportError:  # the API is optional
-    propagate = None  # type: ignore[assignment]
-    trace = None  # type: ignore[assignment]
-
 #: The Kafka headers a consumer reads the trace context from (W3C trace context and baggage).
 _CONTEXT_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+#: ``opentelemetry`` (the API package) once looked for: imported on first use, so that a process
+#: that never makes a client call or consumes (the sidecar) does not load it; False: not installed.
+_api: Any = None
+
+
+def _otel() -> Any:
+    global _api
+    if _api is None:
+        try:
+            import opentelemetry.propagate
+            import opentelemetry.trace
+
+            _api = opentelemetry
+        except ImportError:  # the API is optional
+            _api = False
+    return _api
 
 
 def context_metadata() -> tuple[tuple[str, str], ...]:
     """The caller's trace context as gRPC metadata (``traceparent``, ``tracestate``, ``baggage``)."""
-    if propagate is None:
+    otel = _otel()
+    if not otel:
         return ()
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    otel.propagate.inject(carrier)
     return tuple(carrier.items())
 
 
@@ -34,11 +45,13 @@ def context_metadata() -> tuple[tuple[str, str], ...]:
 def consumer_span(record: Any, group_id: str) -> Iterator[Any]:
     """A CONSUMER span around the handling of one Kafka record, continuing the trace whose context
     the record's headers carry (the forwarder's producer span)."""
-    if trace is None:
+    otel = _otel()
+    if not otel:
         yield None
         return
+    trace = otel.trace
     carrier = {k: v.decode("latin-1") for k, v in (record.headers or ()) if k in _CONTEXT_HEADERS and v}
-    parent = propagate.extract(carrier)
+    parent = otel.propagate.extract(carrier)
     tracer = trace.get_tracer("k1s0_event_store.consumer")
     attributes = {
         "messaging.system": "kafka",
