@@ -178,6 +178,7 @@ class Sidecar:
                 log.info("schema %s: applied migrations %s", cfg.database.schema, applied)
         self.dsn = dsn
         self.pool = await create_pool(store_config)
+        self.metrics.database_up.set(1)  # the pool connected; readiness checks keep it current
         self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
         self.store = PostgresEventStore(store_config, pool=self.pool)
         self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
@@ -204,6 +205,8 @@ class Sidecar:
             on_lag=self.metrics.subscriptions_lagged.inc,
         )
         self.metrics.subscriptions_active.set_function(lambda: self.subscriptions.live_subscribers)
+        self.metrics.subscriptions_queued.set_function(lambda: self.subscriptions.max_queued)
+        self.metrics.subscriptions_buffer.set(cfg.event_store.subscription_buffer)
         self.servicer.subscriptions = self.subscriptions
         self.rest.subscriptions = self.subscriptions
         self.components.append(self.subscriptions)
@@ -273,9 +276,11 @@ class Sidecar:
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             checks["database"] = "ok"
+            self.metrics.database_up.set(1)
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
             ok = False
+            self.metrics.database_up.set(0)
         details: dict[str, Any] = {"checks": checks, "auth_mode": self.config.auth.mode}
         if self.config.auth.mode == "none":
             details["warnings"] = ["authentication is disabled (auth.mode: none): development only"]

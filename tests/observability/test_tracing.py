@@ -9,7 +9,6 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -28,24 +27,6 @@ from tests.support.sidecar import ServedSidecar
 from .otlp import OtlpReceiver, ReceivedSpan, exporter_env
 
 GRPC_APPEND = "/k1s0.system.eventstore.v1.EventStoreService/AppendEvents"
-
-
-@pytest.fixture(scope="module")
-async def traced(pg: LocalPostgres, kafka: LocalKafka, topic: str, receiver: OtlpReceiver
-                 ) -> AsyncIterator[ServedSidecar]:
-    """One sidecar with tracing on (by OTEL_* only) and the forwarder on."""
-    schema = await create_schema(pg.dsn, "otel")
-    sidecar = ServedSidecar(pg.dsn, schema, env={
-        "EVENTSTORE_KAFKA_BROKERS": kafka.bootstrap,
-        "EVENTSTORE_KAFKA_TOPIC_PUBLISHED": topic,
-        "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false",  # Tansu cannot
-        **exporter_env(receiver, "sidecar-under-test"),
-    }).start()
-    try:
-        yield sidecar
-    finally:
-        sidecar.stop()
-        await drop_schema(pg.dsn, schema)
 
 
 def one(spans: list[ReceivedSpan], what: str) -> ReceivedSpan:
