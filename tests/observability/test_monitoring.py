@@ -3,6 +3,7 @@ a real PromQL parser, and every metric they use declared by a running sidecar's 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -165,3 +166,46 @@ async def test_every_metric_of_the_dashboard_and_the_rules_exists(
 def test_an_invalid_query_is_refused_by_the_parser() -> None:
     with pytest.raises(ValueError):
         selectors("sum by (pod) (rate(eventstore_events_appended_total[5m])")
+
+
+def metric_value(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_database_up_follows_the_database() -> None:
+    """``eventstore_database_up`` (EventStoreDatabaseUnavailable's metric) drops to 0 while
+    PostgreSQL is down and returns to 1 when it is back; subscription buffer gauges are exported."""
+    from tests.support.postgres import LocalPostgres
+
+    pg = LocalPostgres(fsync=False)
+    pg.start()
+    sidecar = ServedSidecar(pg.dsn, "dbup", env={"EVENTSTORE_EVENT_STORE_SUBSCRIPTION_BUFFER": "321"}).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready_and_up() -> tuple[int, float]:
+                async with http.get(f"{sidecar.base_url}/readyz") as r:
+                    status = r.status
+                async with http.get(f"{sidecar.base_url}/metrics") as r:
+                    text = await r.text()
+                return status, metric_value(text, "eventstore_database_up")
+
+            assert await ready_and_up() == (200, 1.0)
+            async with http.get(f"{sidecar.base_url}/metrics") as r:
+                text = await r.text()
+            assert metric_value(text, "eventstore_subscriptions_buffer") == 321
+            assert metric_value(text, "eventstore_subscriptions_queued_max") == 0
+            pg.stop()
+            assert await ready_and_up() == (503, 0.0)
+            pg.start()
+            deadline = asyncio.get_running_loop().time() + 30
+            while (got := await ready_and_up()) != (200, 1.0):
+                assert asyncio.get_running_loop().time() < deadline, got
+                await asyncio.sleep(0.1)
+    finally:
+        sidecar.stop()
+        pg.destroy()
