@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from aiohttp import web
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -75,6 +77,11 @@ class OtlpReceiver:
             body = gzip.decompress(body)
         message = ExportTraceServiceRequest()
         message.ParseFromString(body)
+        self.keep(message)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    def keep(self, message: ExportTraceServiceRequest) -> None:
         self.requests += 1
         for rs in message.resource_spans:
             service = str(_attributes(rs.resource.attributes).get("service.name", ""))
@@ -87,8 +94,6 @@ class OtlpReceiver:
                         links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
                         service=service, scope=ss.scope.name, error=s.status.code == 2,
                     ))
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
 
     def in_trace(self, trace_id: str) -> list[ReceivedSpan]:
         return [s for s in self.spans if s.trace_id == trace_id]
@@ -107,11 +112,37 @@ class OtlpReceiver:
             await asyncio.sleep(0.05)
 
 
+class OtlpGrpcReceiver(OtlpReceiver):
+    """The same over OTLP/gRPC (``TraceService/Export``, grpc.aio)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> OtlpGrpcReceiver:
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            async def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+                receiver.keep(request)
+                return ExportTraceServiceResponse()
+
+        self._server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._server)
+        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(None)
+
+
 def exporter_env(receiver: OtlpReceiver, service: str) -> dict[str, str]:
     """The standard variables that turn tracing on and point it at ``receiver`` (exported quickly)."""
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if isinstance(receiver, OtlpGrpcReceiver) else "http/protobuf",
         "OTEL_SERVICE_NAME": service,
         "OTEL_BSP_SCHEDULE_DELAY": "50",
     }

@@ -24,7 +24,7 @@ from tests.support.kafka import LocalKafka
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
-from .otlp import OtlpReceiver, ReceivedSpan, exporter_env
+from .otlp import OtlpGrpcReceiver, OtlpReceiver, ReceivedSpan, exporter_env
 
 GRPC_APPEND = "/k1s0.system.eventstore.v1.EventStoreService/AppendEvents"
 
@@ -192,3 +192,28 @@ def test_log_lines_carry_the_active_span() -> None:
     finally:
         root.removeHandler(handler)
     assert records == ["outside", f"inside trace_id={0xABC:032x} span_id={0xDEF:016x}"]
+
+
+async def test_otlp_over_grpc(pg: LocalPostgres) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the same spans reach an OTLP/gRPC receiver."""
+    receiver = await OtlpGrpcReceiver().start()
+    schema = await create_schema(pg.dsn, "otelg")
+    sidecar = ServedSidecar(pg.dsn, schema, env=exporter_env(receiver, "grpc-export")).start()
+    try:
+        trace_id = secrets.token_hex(16)
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{sidecar.base_url}/api/v1/streams/g-1/events", json={"events": [{"event_type": "E", "payload": {}}]},
+            headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        ) as r:
+            assert r.status == 201
+
+        def exported(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+            names = {s.name for s in spans if s.trace_id == trace_id}
+            return spans if {"POST /api/v1/streams/{stream_id}/events", "group_commit"} <= names else []
+
+        spans = await receiver.wait_for(exported, "server and group-commit spans over OTLP/gRPC")
+        assert {s.service for s in spans if s.trace_id == trace_id} == {"grpc-export"}
+    finally:
+        sidecar.stop()
+        await receiver.stop()
+        await drop_schema(pg.dsn, schema)
