@@ -290,7 +290,9 @@ def kafka_headers(metadata: object, topic: str, key: str, sequence: int, spans: 
 
     When on, a producer span continues the trace stored with the event (it is ended by
     ``end_spans`` when the broker acknowledged the round, or it failed) and the headers carry that
-    span. When off, the stored context is passed on as it is, so consumers still join the trace."""
+    span. When off, the stored context is passed on as it is, so consumers still join the trace.
+    Each attempt to send is a span of its own: a round sent again, or a record left for the next
+    round because this one was full (rare: rounds are sized to the rows read), gets a new one."""
     if not isinstance(metadata, dict):
         return []
     traceparent = metadata.get(TRACEPARENT_KEY)
