@@ -32,7 +32,7 @@ from k1s0_event_store.schema import migrate
 from tests.support.postgres import LocalPostgres, free_port
 from tests.support.sidecar import ServedSidecar
 
-from . import grpcgo
+from . import grpcgo, otelsink
 from .cases import FLOOR_TARGETS, LAG_RATE, READ_STREAM, READ_STREAM_LENGTH, Case, all_cases
 from .common import EVENT_TYPE, SEED, latency_summary, payload
 from .dbload import raw_table_ddl
@@ -161,6 +161,14 @@ class Run:
 
     @contextlib.contextmanager
     def served(self, schema: str, env: dict[str, str] | None = None) -> Iterator[ServedSidecar]:
+        with otelsink.sink() as tracing:  # BENCH_TRACING=1: spans exported to a local sink
+            if tracing:
+                log("tracing on (BENCH_TRACING=1): every span exported over OTLP/HTTP")
+            with self._served(schema, {**tracing, **(env or {})}) as sidecar:
+                yield sidecar
+
+    @contextlib.contextmanager
+    def _served(self, schema: str, env: dict[str, str] | None = None) -> Iterator[ServedSidecar]:
         sidecar = ServedSidecar(
             self.dsn, schema,
             env={"EVENTSTORE_LOG_LEVEL": "WARNING", "EVENTSTORE_DATABASE_MIN_CONNECTIONS": "5", **(env or {})},

@@ -89,6 +89,8 @@ class InjectionSettings:
     run_as_user: int = 10001
     #: How long the startup probe waits for ``/readyz`` (the database) before the kubelet restarts it.
     startup_timeout_seconds: int = 120
+    #: The sidecar's ``OTEL_*`` variables (tracing), from the operator's ``EVENTSTORE_SIDECAR_OTEL_*``.
+    otel_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> InjectionSettings:
@@ -110,7 +112,27 @@ class InjectionSettings:
             rest_port=_port(env, "EVENTSTORE_SIDECAR_REST_PORT", 8080),
             grpc_port=_port(env, "EVENTSTORE_SIDECAR_GRPC_PORT", 9090),
             resources=resources,
+            otel_env=tuple(sorted(
+                (key.removeprefix("EVENTSTORE_SIDECAR_"), value) for key, value in env.items()
+                if key.startswith("EVENTSTORE_SIDECAR_OTEL_") and value
+            )),
         )
+
+
+def _otel_env(settings: InjectionSettings) -> list[dict[str, Any]]:
+    """The tracing variables of the sidecar: the configured ``OTEL_*``, with the pod and namespace
+    added to the resource attributes (Kubernetes expands ``$(VAR)`` from earlier entries)."""
+    if not settings.otel_env:
+        return []
+    configured = dict(settings.otel_env)
+    extra = configured.pop("OTEL_RESOURCE_ATTRIBUTES", "")
+    attributes = "k8s.namespace.name=$(K1S0_POD_NAMESPACE),k8s.pod.name=$(K1S0_POD_NAME)"
+    return [
+        {"name": "K1S0_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "K1S0_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *({"name": k, "value": v} for k, v in configured.items()),
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": f"{attributes},{extra}" if extra else attributes},
+    ]
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -307,6 +329,7 @@ def sidecar_container(
             {"name": "EVENTSTORE_SERVER_GRPC_PORT", "value": str(settings.grpc_port)},
             {"name": "EVENTSTORE_DATABASE_MIGRATE", "value": "false"},
             *_kafka_env(kafka),
+            *_otel_env(settings),
         ],
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from ._tracing import consumer_span
 from .kafka_security import KafkaSecurity
 from .schema import quote_ident
 
@@ -290,7 +291,17 @@ class EventConsumer:
                         log.warning("offset commit for %s failed (redelivery follows): %s", tp, exc)
 
     async def process(self, record: ConsumerRecord[bytes, bytes]) -> str:
-        """Handle one record: ``handled``, ``duplicate`` or ``dead_lettered``."""
+        """Handle one record: ``handled``, ``duplicate`` or ``dead_lettered``.
+
+        With OpenTelemetry configured by the application, this runs in a consumer span that
+        continues the trace the record's ``traceparent`` header names (see ``docs/operate.md``)."""
+        with consumer_span(record, self.group_id) as span:
+            outcome = await self._process(record)
+            if span is not None:
+                span.set_attribute("eventstore.consumer.outcome", outcome)
+            return outcome
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> str:
         try:
             event = decode(record)
         except UndecodableMessage as exc:

@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from k1s0_event_store import EventEnvelope, KafkaSecurityError, StreamId
 from k1s0_event_store.schema import forwarder_lock_key, quote_ident
 
-from . import wire
+from . import tracing, wire
 from ._publisher import (
     UNKNOWN_TOPIC_OR_PARTITION,
     AuthenticationFailed,
@@ -186,6 +186,8 @@ class Forwarder:
         self.lag_events: int | None = None
         self.lag_seconds: float | None = None
         self.events_published = 0
+        #: The producer spans of the round in hand (tracing on, events stored with a trace context).
+        self._spans: list[Any] = []
         self.publish_failures = 0
         self.events_resent = 0
         self.rounds = 0
@@ -466,6 +468,7 @@ class Forwarder:
                     await self._deliver(publisher, rnd, backoff)
                 except (BrokerUnavailable, IdempotenceUnavailable, TopicsMissing, RoundFailed, KafkaSecurityError,
                         KafkaError) as exc:
+                    tracing.end_spans(self._spans, str(exc))
                     failed_rounds += 1
                     # A client error outside our own checks counts as the brokers being unavailable.
                     failure = BrokerUnavailable(describe(exc)) if isinstance(exc, KafkaError) else exc
@@ -487,6 +490,7 @@ class Forwarder:
                         failed_rounds = 0
                     await self._pause(backoff.next())
                     continue
+                tracing.end_spans(self._spans)
                 # Every batch of the round is acknowledged: move the checkpoint (on the lock's connection).
                 # Never backwards: only the lock holder writes, but a write sent by a holder that
                 # died while the statement waited can still commit after it (see docs/forwarding.md).
@@ -507,6 +511,7 @@ class Forwarder:
                     log.info("forwarder (schema %s) recovered: publishing again", self.schema)
                     self._clear_error()
         finally:
+            tracing.end_spans(self._spans, "forwarder stopped")
             if publisher is not None:
                 await publisher.close()
             self._set_active(False)
@@ -577,8 +582,11 @@ class Forwarder:
         correlation = row["metadata"].get("correlation_id") if isinstance(row["metadata"], dict) else None
         if isinstance(correlation, str) and correlation:
             headers.append(("correlation-id", correlation.encode()))
+        topic = self.kafka.routes.get(row["event_type"], self.kafka.topic_published)
+        # traceparent/tracestate: the trace stored with the event, continued by a producer span
+        headers.extend(tracing.kafka_headers(row["metadata"], topic, row["stream_id"], row["sequence"], self._spans))
         return Record(
-            topic=self.kafka.routes.get(row["event_type"], self.kafka.topic_published),
+            topic=topic,
             key=row["stream_id"].encode(),
             value=value.encode(),
             headers=headers,
