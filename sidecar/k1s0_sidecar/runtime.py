@@ -259,11 +259,12 @@ class Sidecar:
         log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
                  cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
 
-    def _committed(self) -> None:
-        """This sidecar stored events: wake its own readers (other sidecars find them by polling)."""
-        self.subscriptions.wake()
+    def _committed(self, sequence: int) -> None:
+        """This sidecar stored events up to ``sequence``: wake its own readers (other sidecars find
+        them by polling)."""
+        self.subscriptions.wake(sequence)
         if self.forwarder is not None:
-            self.forwarder.wake()
+            self.forwarder.wake(sequence)
 
     def _extend(self) -> None:
         """Hook for optional parts (subscriptions, forwarder) to add routes and components."""
