@@ -153,6 +153,20 @@ def add_appended_pb(
             occurred_at=when(p.occurred_at), stored_at=when(stored.stored_at), event_id=str(p.event_id))
 
 
+def expected_version_from_pb(value: int) -> int | None:
+    """The design's int64 ``expected_version`` as the service takes it: unset is 0 (new or empty),
+    as a client generated from the design's proto means it; only ``EXPECTED_VERSION_ANY`` (-2),
+    sent on purpose, turns the check off (None)."""
+    if value == pb.EXPECTED_VERSION_ANY:
+        return None
+    if value < pb.EXPECTED_VERSION_NO_STREAM:
+        raise ValidationError(
+            f"expected_version must be -2 (any version), -1 (no stream), 0 or a positive version (got {value})",
+            field="expected_version",
+        )
+    return value
+
+
 def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
     return pb.Snapshot(
         id=s.id,
@@ -204,8 +218,9 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         now = datetime.now(UTC)  # one "time of the append" for every event that names none
         data = request.events
         events = [prepared_from_pb(d, i, subject, now) for i, d in enumerate(data)]
-        expected = request.expected_version if request.HasField("expected_version") else None
-        append, result = await self.service.append_prepared(request.stream_id, events, expected)
+        append, result = await self.service.append_prepared(
+            request.stream_id, events, expected_version_from_pb(request.expected_version)
+        )
         response = pb.AppendEventsResponse(stream_id=result.stream_id.value, current_version=result.current_version)
         add_appended_pb(response.events, append, result, data, subject is not None)
         return response
