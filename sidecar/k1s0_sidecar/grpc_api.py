@@ -30,9 +30,9 @@ from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 
-from . import wire
+from . import audit, wire
 from .authz import Authenticator, Principal, Role, check
-from .errors import grpc_status, new_request_id
+from .errors import ERROR_MAP, INTERNAL_CODE, error_code, grpc_status, new_request_id
 from .metrics import Metrics
 from .service import EventStoreService, audit_subject, audited_metadata, time_texts
 from .subscriptions import BATCH_LIMIT, Batch
@@ -352,12 +352,19 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         required = RPC_ROLES[method]
         ok = self.metrics.grpc_requests.labels(method, "OK")  # (labels() per call is a lookup with a lock)
         latency = self.metrics.grpc_latency.labels(method)
+        operation = audit.GRPC_OPERATIONS.get(method)  # every write is audited
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary(request: Any, context: Any) -> Any:
                 started = time.perf_counter()
                 request_id = _metadata(context, "x-request-id") or new_request_id()
+                # (the peer is looked up only when a line will name it: reads are the hot path)
+                client = audit.peer_address(context.peer()) if operation or audit.access_on() else None
+                opened = (
+                    audit.begin(operation, "grpc", request_id, client, getattr(request, "stream_id", None))
+                    if operation is not None else None
+                )
                 try:
                     token = _principal.set(await self._authorize(context, required))
                     try:
@@ -365,8 +372,20 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     finally:
                         _principal.reset(token)
                 except Exception as exc:
+                    code = self._code(exc, context)
+                    if opened is not None:
+                        audit.finish(*opened, audit.FAILURE, error_code(exc), grpc_status=code)
+                    audit.access("grpc", "gRPC", method, code, started, request_id, client)
                     await self._abort(context, exc, request_id, method, started)
                     raise
+                except BaseException:  # cancelled by the client: the write may or may not have happened
+                    if opened is not None:
+                        audit.finish(*opened, audit.CANCELLED, grpc_status="CANCELLED")
+                    audit.access("grpc", "gRPC", method, "CANCELLED", started, request_id, client)
+                    raise
+                if opened is not None:
+                    audit.finish(*opened, audit.SUCCESS, grpc_status="OK")
+                audit.access("grpc", "gRPC", method, "OK", started, request_id, client)
                 ok.inc()
                 latency.observe(time.perf_counter() - started)
                 return response
@@ -389,8 +408,15 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     finally:
                         _principal.reset(token)
                 except Exception as exc:
+                    audit.access("grpc", "gRPC", method, self._code(exc, context), started, request_id,
+                                 audit.peer_address(context.peer()))
                     await self._abort(context, exc, request_id, method, started)
                     raise
+                except BaseException:  # the subscriber went away
+                    audit.access("grpc", "gRPC", method, "CANCELLED", started, request_id,
+                                 audit.peer_address(context.peer()))
+                    raise
+                audit.access("grpc", "gRPC", method, "OK", started, request_id, audit.peer_address(context.peer()))
                 ok.inc()
                 latency.observe(time.perf_counter() - started)
 
@@ -411,8 +437,16 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if required is None:
             return None
         principal = await self.authenticator.authenticate(_metadata(context, "authorization"))
+        audit.note_principal(principal)
         check(principal, required)
         return principal
+
+    @staticmethod
+    def _code(exc: BaseException, context: Any) -> str:
+        """The gRPC status name ``exc`` is answered with (as ``grpc_status`` renders it)."""
+        if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with a status of its own
+            return str(getattr(context.code(), "name", "UNKNOWN"))
+        return ERROR_MAP.get(error_code(exc), ERROR_MAP[INTERNAL_CODE]).grpc.name
 
     async def _abort(self, context: Any, exc: BaseException, request_id: str, method: str, started: float) -> None:
         if isinstance(exc, grpc.aio.AbortError):
