@@ -75,7 +75,7 @@ class WriteRecord:
             "subject": None,
             "roles": [],
             "role": None,
-            "stream_id": _text(stream_id),
+            "stream_id": _text(stream_id or None),  # proto3's "" is no stream id
             "expected_version": None,
             "resulting_version": None,
             "event_count": None,
@@ -185,7 +185,7 @@ def _text(value: str | None) -> str | None:
 
 def _printable(value: str) -> str:
     """Control characters escaped: a client's stream id cannot start a forged log line."""
-    return json.dumps(value, ensure_ascii=False)[1:-1]
+    return value if value.isprintable() else json.dumps(value, ensure_ascii=False)[1:-1]
 
 
 # -- client address and the access log -------------------------------------------------------------
