@@ -20,6 +20,7 @@ import contextvars
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -195,11 +196,12 @@ def peer_address(peername: Sequence[Any] | str | None) -> str | None:
     """``host:port`` from a socket's peer name (REST) or a gRPC peer (``ipv4:1.2.3.4:5``)."""
     if peername is None:
         return None
-    if isinstance(peername, str):
+    if isinstance(peername, str):  # gRPC percent-encodes it: ipv6:%5B::1%5D:5000
+        peer = urllib.parse.unquote(peername)
         for scheme in ("ipv4:", "ipv6:"):
-            if peername.startswith(scheme):
-                return peername[len(scheme):]
-        return _text(peername)
+            if peer.startswith(scheme):
+                return peer[len(scheme):]
+        return _text(peer)
     if len(peername) >= 2:
         host = str(peername[0])
         return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"

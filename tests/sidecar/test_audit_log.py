@@ -371,3 +371,16 @@ def test_the_sidecars_own_writes_are_audited(caplog: pytest.LogCaptureFixture) -
         "maintenance", "system:snapshot-retention", "success", 3, "2026-01-01T00:00:00.000+00:00")
     assert (failed["outcome"], failed["error_code"]) == ("failure", "SYS_EVSTORE_UNAVAILABLE")
     assert audit.note(removed_snapshots=1) is None  # no record open any more: a no-op
+
+
+@pytest.mark.parametrize(("peer", "address"), [
+    ("ipv4:127.0.0.1:5000", "127.0.0.1:5000"),  # gRPC's peer strings
+    ("ipv6:%5B::1%5D:5000", "[::1]:5000"),
+    (("10.1.2.3", 443), "10.1.2.3:443"),  # a socket's peer name (REST)
+    (("::1", 8080, 0, 0), "[::1]:8080"),
+    (None, None),
+])
+def test_client_address(peer: Any, address: str | None) -> None:
+    from k1s0_sidecar.audit import peer_address
+
+    assert peer_address(peer) == address
