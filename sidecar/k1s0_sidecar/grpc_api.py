@@ -6,6 +6,7 @@ method, unary or streaming; servicer methods only convert protobuf to calls and 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import time
@@ -359,7 +360,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: Any) -> Any:
                 started = time.perf_counter()
                 request_id = _metadata(context, "x-request-id") or new_request_id()
-                # (the peer is looked up only when a line will name it: reads are the hot path)
+                # (the peer is looked up only when a line will name it: reads are the hot path; and
+                # only now, while the call is live: grpc's peer() on a cancelled call crashes the process)
                 client = audit.peer_address(context.peer()) if operation or audit.access_on() else None
                 opened = (
                     audit.begin(operation, "grpc", request_id, client, getattr(request, "stream_id", None))
@@ -400,23 +402,26 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 request_id = _metadata(context, "x-request-id") or new_request_id()
+                # Asked now, while the call is live: grpc's peer() on a cancelled call crashes the process.
+                client = audit.peer_address(context.peer()) if audit.access_on() else None
                 try:
                     token = _principal.set(await self._authorize(context, required))
                     try:
                         async for item in inner_stream(request, context):
                             yield item
                     finally:
-                        _principal.reset(token)
+                        # A cancelled call's generator is closed from another context, where the token
+                        # cannot be reset (and need not be); raising here would hide the cancellation.
+                        with contextlib.suppress(ValueError):
+                            _principal.reset(token)
                 except Exception as exc:
-                    audit.access("grpc", "gRPC", method, self._code(exc, context), started, request_id,
-                                 audit.peer_address(context.peer()))
+                    audit.access("grpc", "gRPC", method, self._code(exc, context), started, request_id, client)
                     await self._abort(context, exc, request_id, method, started)
                     raise
                 except BaseException:  # the subscriber went away
-                    audit.access("grpc", "gRPC", method, "CANCELLED", started, request_id,
-                                 audit.peer_address(context.peer()))
+                    audit.access("grpc", "gRPC", method, "CANCELLED", started, request_id, client)
                     raise
-                audit.access("grpc", "gRPC", method, "OK", started, request_id, audit.peer_address(context.peer()))
+                audit.access("grpc", "gRPC", method, "OK", started, request_id, client)
                 ok.inc()
                 latency.observe(time.perf_counter() - started)
 

@@ -322,6 +322,11 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
             await stub.ReadEvents(pb.ReadEventsRequest(stream_id=stream))
             assert await grpc_call(stub.AppendEvents(pb.AppendEventsRequest(
                 stream_id=stream, events=[pb.EventData(event_type="A", payload_json=b"{}")]))) == "ABORTED"
+            # a subscriber that goes away: logged as cancelled, and the sidecar lives on
+            call = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream))
+            assert (await call.read()).event.version == 1
+            call.cancel()
+            await stub.ReadEvents(pb.ReadEventsRequest(stream_id=stream))
         wanted = [
             "k1s0_sidecar.access: GET /healthz 200 ",  # the query is not logged
             f"k1s0_sidecar.access: POST /api/v1/streams/{stream}/events 201 ",
@@ -329,6 +334,7 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
             "k1s0_sidecar.access: gRPC ReadEvents OK ",
             "k1s0_sidecar.access: gRPC AppendEvents ABORTED ",
             f"k1s0_sidecar.audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
+            "k1s0_sidecar.access: gRPC SubscribeToStream CANCELLED ",
         ]
         deadline = time.monotonic() + 10
         while True:
