@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Run the sidecar locally against an embedded PostgreSQL it starts itself (REST :8080, gRPC :9090).
+## Run the sidecar locally against an embedded PostgreSQL it starts itself (REST and the web console
+# /ui/ on :8080, gRPC on :9090; EVENTSTORE_SERVER_PORT / EVENTSTORE_SERVER_GRPC_PORT move them). Once
+# ready it prints the addresses and the database DSN and schema for the library.
 # auth.mode none is development only; the sidecar logs a loud warning and reports it on /readyz.
 # Readable log lines with an access log (a line per request); deployments default to JSON.
 run: $(STAMP)

@@ -24,6 +24,7 @@ from ._errors import (
     UnavailableError,
     ValidationError,
 )
+from ._listing import StreamList, StreamSummary
 from ._model import (
     NO_STREAM,
     AppendRequest,
@@ -79,8 +80,10 @@ __all__ = [
     "SnapshotStore",
     "StreamAlreadyExistsError",
     "StreamId",
+    "StreamList",
     "StreamNotFoundError",
     "StreamPage",
+    "StreamSummary",
     "UnauthenticatedError",
     "UnavailableError",
     "ValidationError",

@@ -53,6 +53,7 @@ RPC_ROLES: dict[str, Role | None] = {
     "SubscribeToStream": Role.SYS_AUDITOR,
     "SubscribeToAll": Role.SYS_AUDITOR,
     "PruneSnapshots": Role.SYS_ADMIN,
+    "ListStreams": Role.SYS_AUDITOR,
 }
 #: Services outside ours (health, reflection) are open, like /healthz.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
@@ -285,6 +286,15 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         )
         response = pb.ReadAllResponse(head_sequence=head)
         add_events_pb(response.events, events)
+        return response
+
+    async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
+        listed = await self.service.list_streams(request.prefix, request.after or None, request.limit or None)
+        response = pb.ListStreamsResponse(next_after=listed.next_after or "")
+        add = response.streams.add
+        for s in listed.streams:
+            add(stream_id=str(s.stream_id), aggregate_type=s.aggregate_type, current_version=s.current_version,
+                updated_at=rfc3339(s.updated_at))
         return response
 
     async def PruneSnapshots(self, request: pb.PruneSnapshotsRequest, context: Any) -> pb.PruneSnapshotsResponse:

@@ -9,10 +9,13 @@ group-commit queue so every acknowledged append is committed, stop components, c
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import signal
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +63,32 @@ def make_authenticator(config: Config) -> Authenticator:
     factory: Any = auth.make_authenticator
     result: Authenticator = factory(config.auth)
     return result
+
+
+class PortInUseError(RuntimeError):
+    """A listening port is taken; ``setting`` is the variable that moves it."""
+
+    def __init__(self, port: int, setting: str) -> None:
+        super().__init__(f"port {port} is in use; set {setting}")
+        self.port = port
+        self.setting = setting
+
+
+def check_ports_free(host: str, ports: dict[int, str]) -> None:
+    """Fail fast, before the (slow) database start, when a fixed port is already taken."""
+    for port, setting in ports.items():
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as the servers bind: a port left in TIME_WAIT by a previous run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUseError(port, setting) from None
+                raise
 
 
 class EmbeddedPostgres:
@@ -150,8 +179,15 @@ class Sidecar:
         self.service: EventStoreService
         self.authenticator: Authenticator
 
+    @property
+    def embedded(self) -> bool:
+        """True when ``serve`` started its own PostgreSQL (no database.url: development)."""
+        return self._embedded is not None
+
     async def start(self) -> None:
         cfg = self.config
+        check_ports_free(cfg.server.host, {cfg.server.port: "EVENTSTORE_SERVER_PORT",
+                                           cfg.server.grpc_port: "EVENTSTORE_SERVER_GRPC_PORT"})
         dsn = cfg.database.url
         run_migrations = cfg.database.migrate
         if not dsn:
@@ -182,11 +218,14 @@ class Sidecar:
         self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
         self.store = PostgresEventStore(store_config, pool=self.pool)
         self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
+        stats = self.store.append_stats
+        self.metrics.watch_append_path(lambda: (stats.replanned, stats.locked))
         self.committer = GroupCommitter(
             self.store.append_batch,
             max_batch=cfg.event_store.group_commit_max_batch,
             linger_seconds=cfg.event_store.group_commit_linger_ms / 1000,
             on_batch=self.metrics.batch_size.observe,
+            on_commit=self._committed,
         )
         self.committer.start()
         self.service = EventStoreService(self.store, self.snapshots, cfg.event_store, self.metrics, self.committer)
@@ -215,8 +254,14 @@ class Sidecar:
         await self._start_rest()
         await self._start_grpc()
         self.ready = True
-        log.info("serving REST on %s:%d and gRPC on %s:%d (schema %s, auth %s)", cfg.server.host, self.rest_port,
-                 cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
+        log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
+                 cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
+
+    def _committed(self) -> None:
+        """This sidecar stored events: wake its own readers (other sidecars find them by polling)."""
+        self.subscriptions.wake()
+        if self.forwarder is not None:
+            self.forwarder.wake()
 
     def _extend(self) -> None:
         """Hook for optional parts (subscriptions, forwarder) to add routes and components."""
@@ -225,7 +270,8 @@ class Sidecar:
         self.forwarder: Forwarder | None = None
         if self.config.kafka.brokers:
             self.forwarder = Forwarder(
-                self.dsn, self.config.database.schema, self.config.kafka, registry=self.metrics.registry
+                self.dsn, self.config.database.schema, self.config.kafka, registry=self.metrics.registry,
+                poll_interval=self.config.event_store.subscription_poll_interval_ms / 1000,
             )
             self.components.append(self.forwarder)
         self.rest.extra_routes.append(
@@ -308,14 +354,16 @@ class Sidecar:
             await asyncio.to_thread(self._embedded.stop)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: Config, on_ready: Callable[[Sidecar], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; ``on_ready`` once it serves."""
     sidecar = Sidecar(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await sidecar.start()
+    if on_ready is not None:
+        on_ready(sidecar)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
     await sidecar.stop()

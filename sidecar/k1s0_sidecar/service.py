@@ -25,6 +25,7 @@ from k1s0_event_store import (
     SnapshotNotFoundError,
     SnapshotStore,
     StreamId,
+    StreamList,
     StreamPage,
     ValidationError,
     encode_event,
@@ -267,6 +268,16 @@ class EventStoreService:
         if count > READ_ALL_MAX:
             raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
         return count, {"stream_prefixes": list(stream_prefixes), "event_types": list(event_types)}
+
+    async def list_streams(self, prefix: str = "", after: str | None = None, limit: int | None = None) -> StreamList:
+        """Streams by last activity, newest first; ``limit`` like a stream read's ``page_size``."""
+        default = min(self.settings.default_page_size, self.settings.max_page_size)
+        size = default if limit is None else validate_version_bound(limit, "limit", 1)
+        if size > self.settings.max_page_size:
+            raise ValidationError(f"limit must be at most {self.settings.max_page_size} (got {size})", field="limit")
+        result = await self.store.list_streams(prefix=prefix, after=after or None, limit=size)
+        self.metrics.reads.labels("streams").inc()
+        return result
 
     async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
         audit.note(snapshot_version=version)

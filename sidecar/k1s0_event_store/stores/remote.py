@@ -36,6 +36,7 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._listing import StreamList, StreamSummary, validate_list_streams
 from .._model import (
     AppendRequest,
     AppendResult,
@@ -323,6 +324,25 @@ class GrpcEventStore(_Client, EventStore):
         except StreamNotFoundError:
             return 0
         return int(resp.current_version)
+
+    async def list_streams(self, *, prefix: str = "", after: str | None = None, limit: int = 50) -> StreamList:
+        validate_list_streams(prefix, after, limit)
+        # The sidecar caps a page (max_page_size); a larger limit is read in several pages.
+        streams: list[StreamSummary] = []
+        cursor = after or ""
+        while True:
+            resp = await self._call(
+                self._stub.ListStreams,
+                pb.ListStreamsRequest(prefix=prefix, after=cursor, limit=min(_PAGE, limit - len(streams))),
+            )
+            streams.extend(
+                StreamSummary(StreamId.parse(s.stream_id), s.aggregate_type, s.current_version,
+                              datetime.fromisoformat(s.updated_at))
+                for s in resp.streams
+            )
+            cursor = resp.next_after
+            if not cursor or len(streams) >= limit:
+                return StreamList(streams, cursor or None)
 
     async def delete_stream(self, stream_id: StreamId | str) -> int:
         sid = StreamId.of(stream_id)
