@@ -106,6 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .config import ConfigError, load_config
+    from .logs import configure_logging
     from .runtime import PortInUseError, serve
 
     overrides = {"database": {"migrate": True}} if args.migrate else None
@@ -114,10 +115,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.app.log_format, os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO"))
     # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
