@@ -20,8 +20,9 @@ FROM ${PYTHON_IMAGE} AS build-base
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-# The runtime dependencies from pyproject.toml; the sidecar's without the operator-only ones.
-RUN python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); skip = set(p['tool']['k1s0']['image']['operator-only']); deps = p['project']['dependencies']; name = lambda d: re.split(r'[\[<>=!~; ]', d, maxsplit=1)[0].lower(); open('/tmp/operator.txt', 'w').write('\n'.join(deps) + '\n'); open('/tmp/sidecar.txt', 'w').write('\n'.join(d for d in deps if name(d) not in skip) + '\n')"
+# The runtime dependencies from pyproject.toml with the otel extra (tracing is in the images, off
+# until OTEL_* variables turn it on); the sidecar's without the operator-only ones.
+RUN python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); skip = set(p['tool']['k1s0']['image']['operator-only']); deps = p['project']['dependencies'] + p['project']['optional-dependencies']['otel']; name = lambda d: re.split(r'[\[<>=!~; ]', d, maxsplit=1)[0].lower(); open('/tmp/operator.txt', 'w').write('\n'.join(deps) + '\n'); open('/tmp/sidecar.txt', 'w').write('\n'.join(d for d in deps if name(d) not in skip) + '\n')"
 
 FROM build-base AS build-operator
 # Where PyPI is reached through a mirror, or a proxy with its own CA (this stage only).

@@ -9,7 +9,7 @@ payloads as ``grpcload.py``) to a temporary file of 4-byte big-endian length + b
 ``exec``s the Go program, which speaks the harness's protocol (READY, the window, one
 ``WorkerResult`` line) and reuses the requests round-robin.
 
-Kinds: ``append`` (without ``expected_version``: requests are independent, so a stream may repeat),
+Kinds: ``append`` (``expected_version`` -2, any version: requests are independent, so a stream may repeat),
 ``read_stream`` and ``read_all`` (the events of each page are counted from the response).
 
 Build by hand: ``GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=/tmp/gocache go build -o
@@ -94,11 +94,13 @@ def requests(spec: dict[str, Any]) -> tuple[list[bytes], str, int, int]:
         per = int(spec["events"])
         chooser = StreamChooser(spec["distribution"], int(spec["seed"]) * 1000, spec.get("prefix", "grpc"))
         n, size = 0, 0
-        while len(out) < MAX_REQUESTS and size < MAX_REQUEST_BYTES:
+        limit = int(spec.get("max_requests", MAX_REQUESTS))  # (fewer: quicker to prepare, for short runs)
+        while len(out) < limit and size < MAX_REQUEST_BYTES:
             request = pb.AppendEventsRequest(
                 stream_id=chooser.next(),
                 events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k).encode())
                         for k in range(per)],
+                expected_version=pb.EXPECTED_VERSION_ANY,  # unset would mean "version 0"
             )
             n += per
             out.append(request.SerializeToString())
@@ -126,7 +128,7 @@ def main() -> None:
             f.write(struct.pack(">I", len(r)))
             f.write(r)
     go_spec = {
-        "target": spec["target"], "method": method, "clients": int(spec["clients"]),
+        "target": spec["target"], "targets": spec.get("targets", []), "method": method, "clients": int(spec["clients"]),
         "per_connection": int(spec.get("per_connection", CLIENTS_PER_CONNECTION)), "requests": path,
         "delete_requests": True, "events_per_call": per, "count_field": field,
     }

@@ -24,6 +24,7 @@ from ._errors import (
     UnavailableError,
     ValidationError,
 )
+from ._listing import StreamList, StreamSummary
 from ._model import (
     NO_STREAM,
     AppendRequest,
@@ -41,6 +42,7 @@ from ._model import (
 )
 from .aggregates import Aggregate, AggregateRepository
 from .consumer import EventConsumer, PublishedEvent, ensure_consumer_tables
+from .kafka_security import KafkaSecurity, KafkaSecurityError
 from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
 from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
 from .stores.remote import GrpcEventStore, GrpcSnapshotStore
@@ -69,6 +71,8 @@ __all__ = [
     "GrpcSnapshotStore",
     "InMemoryEventStore",
     "InMemorySnapshotStore",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "NotFoundError",
     "PermissionDeniedError",
     "PostgresEventStore",
@@ -79,8 +83,10 @@ __all__ = [
     "SnapshotStore",
     "StreamAlreadyExistsError",
     "StreamId",
+    "StreamList",
     "StreamNotFoundError",
     "StreamPage",
+    "StreamSummary",
     "UnauthenticatedError",
     "UnavailableError",
     "ValidationError",

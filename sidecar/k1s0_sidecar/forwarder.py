@@ -39,19 +39,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from k1s0_event_store import EventEnvelope, StreamId
-from k1s0_event_store.schema import NOTIFY_APPENDED, forwarder_lock_key, quote_ident
+from k1s0_event_store import EventEnvelope, KafkaSecurityError, StreamId
+from k1s0_event_store.schema import forwarder_lock_key, quote_ident
 
-from . import wire
+from . import tracing, wire
 from ._publisher import (
     UNKNOWN_TOPIC_OR_PARTITION,
+    AuthenticationFailed,
     BrokerUnavailable,
     IdempotenceUnavailable,
     Publisher,
     Record,
     Round,
+    TlsFailed,
     TopicsMissing,
     build_round,
     describe,
@@ -66,6 +69,23 @@ _ACKS = {"all": -1, "-1": -1, "1": 1, "0": 0}
 
 class RoundFailed(Exception):
     """A round could not be delivered completely; it is sent again from the checkpoint."""
+
+
+class SchemaNotReady(Exception):
+    """The schema or its forwarder tables are missing in PostgreSQL (migrations not applied)."""
+
+
+#: Kafka-side failures of a round -> the ``reason`` label of eventstore_forwarder_publish_failures.
+#: In the status their message starts with "Kafka: " (PostgreSQL's with "PostgreSQL: ").
+_KAFKA_REASONS: dict[type[BaseException], str] = {
+    BrokerUnavailable: "unavailable",
+    TlsFailed: "tls",
+    AuthenticationFailed: "authentication",
+    KafkaSecurityError: "configuration",
+    TopicsMissing: "topic_missing",
+    IdempotenceUnavailable: "idempotence_unavailable",
+    RoundFailed: "round_failed",
+}
 
 
 class _Backoff:
@@ -158,6 +178,7 @@ class Forwarder:
         self._monitor_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._wanted = 0  # the highest sequence this sidecar committed (see _lead)
         # status
         self.state = "stopped"
         self.checkpoint: int | None = None
@@ -166,10 +187,14 @@ class Forwarder:
         self.lag_events: int | None = None
         self.lag_seconds: float | None = None
         self.events_published = 0
+        #: The producer spans of the round in hand (tracing on, events stored with a trace context).
+        self._spans: list[Any] = []
         self.publish_failures = 0
         self.events_resent = 0
         self.rounds = 0
         self.last_error: str | None = None
+        #: "kafka" or "postgresql": which side the last error came from.
+        self.last_error_source: str | None = None
         self.last_error_at: str | None = None
         self.last_published_at: str | None = None
         self.missing_topics: list[str] = []
@@ -226,9 +251,11 @@ class Forwarder:
             "rounds": self.rounds,
             "last_published_at": self.last_published_at,
             "last_error": self.last_error,
+            "last_error_source": self.last_error_source,
             "last_error_at": self.last_error_at,
             "missing_topics": self.missing_topics,
             "brokers": list(self.kafka.brokers),
+            "security_protocol": self.kafka.security_protocol,
             "topic": self.kafka.topic_published,
             "routes": dict(self.kafka.routes),
         }
@@ -244,8 +271,11 @@ class Forwarder:
                 conn = await self._connect()
                 await self._session(conn)
             except Exception as exc:
-                self._error(f"PostgreSQL: {describe(exc)}")
-                if not isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)):
+                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+                                    SchemaNotReady)):
+                    self._error(f"PostgreSQL: {describe(exc)}", "postgresql")
+                else:  # a bug, not an outage: say so rather than blame either side
+                    self._error(f"unexpected error: {describe(exc)}", None)
                     log.exception("forwarder for schema %s failed unexpectedly", self.schema)
             finally:
                 self._set_active(False)
@@ -290,11 +320,16 @@ class Forwarder:
         except TimeoutError:
             pass
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, source: str | None = "kafka") -> None:
         if message != self.last_error:
             log.warning("forwarder (schema %s): %s", self.schema, message)
         self.last_error = message
+        self.last_error_source = source
         self.last_error_at = _now()
+
+    def _clear_error(self) -> None:
+        self.last_error = None
+        self.last_error_source = None
 
     def _set_active(self, active: bool) -> None:
         self.metrics.active.set(1 if active else 0)
@@ -306,11 +341,11 @@ class Forwarder:
     async def _session(self, conn: asyncpg.Connection) -> None:
         oid = await conn.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", self.schema)
         if oid is None:
-            raise RuntimeError(f"schema {self.schema} does not exist (migrations not applied)")
+            raise SchemaNotReady(f"schema {self.schema} does not exist (migrations not applied)")
         key = forwarder_lock_key(int(oid))
-        if self.last_error is not None and self.last_error.startswith("PostgreSQL:"):
+        if self.last_error_source == "postgresql":
             log.info("forwarder (schema %s): PostgreSQL reachable again", self.schema)
-            self.last_error = None
+            self._clear_error()
         while not self._stopping.is_set():
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key, timeout=self.query_timeout):
                 try:
@@ -380,9 +415,12 @@ class Forwarder:
 
     # -- forwarding ----------------------------------------------------------------------------
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload == self.schema:
-            self._wake.set()
+    def wake(self, sequence: int = 0) -> None:
+        """This sidecar committed events: look for them now rather than at the next poll. The
+        active forwarder finds other sidecars' commits by polling (``poll_interval``): appends do
+        not notify (a NOTIFY per commit woke every sidecar of the fleet)."""
+        self._wanted = max(self._wanted, sequence)
+        self._wake.set()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         row = await conn.fetchrow(
@@ -391,7 +429,7 @@ class Forwarder:
             self.holder, timeout=self.query_timeout,
         )
         if row is None:
-            raise RuntimeError(f"{self.schema}.forwarder_checkpoint has no row (migration 3 incomplete)")
+            raise SchemaNotReady(f"{self.schema}.forwarder_checkpoint has no row (migration 3 incomplete)")
         position: int = row["position"]
         self.checkpoint = position
         self.metrics.checkpoint.set(position)
@@ -401,7 +439,6 @@ class Forwarder:
         self.state = "active"
         self._set_active(True)
         log.info("forwarder active for schema %s from sequence %d (epoch %d)", self.schema, position, row["epoch"])
-        await conn.add_listener(NOTIFY_APPENDED, self._on_notify)
         backoff = _Backoff(self.backoff_initial, self.backoff_max)
         publisher: Publisher | None = None
         failed_rounds = 0
@@ -412,17 +449,29 @@ class Forwarder:
             "SELECT sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
             " FROM (SELECT *, sum(pg_column_size(payload) + pg_column_size(metadata)) OVER (ORDER BY sequence)"
             " - (pg_column_size(payload) + pg_column_size(metadata)) AS before"
-            f" FROM {self._s}.events WHERE sequence > $1 ORDER BY sequence LIMIT $2) e"
+            f" FROM {self._s}.events WHERE sequence > $1 AND sequence <= $4 ORDER BY sequence LIMIT $2) e"
             " WHERE before < $3 ORDER BY sequence"
         )
+        # Appenders commit in parallel: read only up to the safe sequence (taken by a statement of
+        # its own, before the read's snapshot), or a late commit below the checkpoint is never sent.
+        safe_sql = f"SELECT {self._s}.safe_sequence()"
+        chases = 0
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                rows = await conn.fetch(sql, position, self.batch_events, self.read_budget_bytes,
-                                        timeout=self.query_timeout)
+                safe = await conn.fetchval(safe_sql, timeout=self.query_timeout)
+                rows = await conn.fetch(sql, position, self.batch_events, self.read_budget_bytes, safe,
+                                        timeout=self.query_timeout) if safe > position else []
                 if not rows:
-                    await self._idle(self.poll_interval)
+                    # An own commit not readable yet waits for an appender below it that is still
+                    # committing (commits run in parallel): look again soon, not at the next poll,
+                    # for a while (the event may also have been deleted meanwhile).
+                    chases = chases + 1 if self._wanted > position else 0
+                    if chases > 12:
+                        self._wanted = chases = 0
+                    await self._idle(0.002 * chases if chases else self.poll_interval)
                     continue
+                chases = 0
                 try:
                     if publisher is None:
                         publisher = await self._new_publisher()
@@ -431,22 +480,23 @@ class Forwarder:
                     self.missing_topics = []
                     rnd = build_round(records, partitions, publisher.producer, publisher.sequences)
                     await self._deliver(publisher, rnd, backoff)
-                except (BrokerUnavailable, IdempotenceUnavailable, TopicsMissing, RoundFailed) as exc:
+                except (BrokerUnavailable, IdempotenceUnavailable, TopicsMissing, RoundFailed, KafkaSecurityError,
+                        KafkaError) as exc:
+                    tracing.end_spans(self._spans, str(exc))
                     failed_rounds += 1
-                    reason = {
-                        BrokerUnavailable: "unavailable", TopicsMissing: "topic_missing",
-                        IdempotenceUnavailable: "idempotence_unavailable",
-                    }.get(type(exc), "round_failed")
+                    # A client error outside our own checks counts as the brokers being unavailable.
+                    failure = BrokerUnavailable(describe(exc)) if isinstance(exc, KafkaError) else exc
+                    reason = _KAFKA_REASONS.get(type(failure), "unavailable")
                     self.metrics.failures.labels(reason).inc()
                     self.publish_failures += 1
-                    if isinstance(exc, TopicsMissing):
-                        self.missing_topics = exc.topics
-                    self._error(str(exc))
+                    if isinstance(failure, TopicsMissing):
+                        self.missing_topics = failure.topics
+                    self._error(f"Kafka: {failure}")
                     # An idempotent producer whose round failed does not know which of its sequence
                     # numbers the broker took: it starts over with a new producer id.
                     if publisher is not None and (
-                        isinstance(exc, BrokerUnavailable)
-                        or (isinstance(exc, RoundFailed) and publisher.idempotent)
+                        isinstance(failure, BrokerUnavailable)
+                        or (isinstance(failure, RoundFailed) and publisher.idempotent)
                         or failed_rounds > self.kafka.producer_retries
                     ):
                         await publisher.close()
@@ -454,6 +504,7 @@ class Forwarder:
                         failed_rounds = 0
                     await self._pause(backoff.next())
                     continue
+                tracing.end_spans(self._spans)
                 # Every batch of the round is acknowledged: move the checkpoint (on the lock's connection).
                 # Never backwards: only the lock holder writes, but a write sent by a holder that
                 # died while the statement waited can still commit after it (see docs/forwarding.md).
@@ -472,21 +523,18 @@ class Forwarder:
                 backoff.reset()
                 if self.last_error is not None:
                     log.info("forwarder (schema %s) recovered: publishing again", self.schema)
-                    self.last_error = None
+                    self._clear_error()
         finally:
+            tracing.end_spans(self._spans, "forwarder stopped")
             if publisher is not None:
                 await publisher.close()
-            if not conn.is_closed():
-                try:
-                    await conn.remove_listener(NOTIFY_APPENDED, self._on_notify)
-                except Exception:
-                    pass
             self._set_active(False)
 
     async def _new_publisher(self) -> Publisher:
         publisher = Publisher(
             self.kafka.brokers,
-            security_protocol=self.kafka.security_protocol,
+            # Built for every new connection set: a rotated password file is read again.
+            client_options=self.kafka.security.client_options(),
             acks=self.acks,
             request_timeout_ms=self.request_timeout_ms,
             client_id=f"k1s0-forwarder-{self.schema}",
@@ -523,7 +571,7 @@ class Forwarder:
                 self.events_resent += resent
                 self.metrics.resent.inc(resent)
                 raise RoundFailed(summary + why)
-            self._error(summary + " (retrying)")
+            self._error(f"Kafka: {summary} (retrying)")
             pending = {tp: b for tp, b in pending.items() if tp in failed}
             await self._pause(backoff.next())
 
@@ -548,8 +596,11 @@ class Forwarder:
         correlation = row["metadata"].get("correlation_id") if isinstance(row["metadata"], dict) else None
         if isinstance(correlation, str) and correlation:
             headers.append(("correlation-id", correlation.encode()))
+        topic = self.kafka.routes.get(row["event_type"], self.kafka.topic_published)
+        # traceparent/tracestate: the trace stored with the event, continued by a producer span
+        headers.extend(tracing.kafka_headers(row["metadata"], topic, row["stream_id"], row["sequence"], self._spans))
         return Record(
-            topic=self.kafka.routes.get(row["event_type"], self.kafka.topic_published),
+            topic=topic,
             key=row["stream_id"].encode(),
             value=value.encode(),
             headers=headers,

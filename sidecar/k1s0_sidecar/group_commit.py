@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from k1s0_event_store import AppendRequest, AppendResult, EventStoreError, UnavailableError
+
+from . import tracing
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,20 @@ class GroupCommitter:
         max_batch: int = 256,
         linger_seconds: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._append_batch = append_batch
         self._max_batch = max_batch
         self._linger = linger_seconds
         self._on_batch = on_batch
+        # Called with the highest sequence of a batch that stored something: this sidecar's readers
+        # (subscriptions, the forwarder) look at once instead of at their next poll.
+        self._on_commit = on_commit
         self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        #: Each queued request's span context, for the batch span's links (empty while tracing is off).
+        self._links: dict[asyncio.Future[AppendResult], Any] = {}
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="group-commit")
@@ -51,6 +60,8 @@ class GroupCommitter:
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         # If the caller went away, nobody awaits the outcome: mark it retrieved so asyncio stays quiet.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if tracing.ENABLED:
+            self._links[fut] = tracing.current_link()
         self._queue.put_nowait((request, fut))
         # shield: a client that goes away must not cancel a write already queued; it either commits
         # or fails with its batch, and a retry with the same event ids is answered idempotently.
@@ -94,8 +105,10 @@ class GroupCommitter:
     async def _commit(self, batch: list[tuple[AppendRequest, asyncio.Future[AppendResult]]]) -> None:
         if self._on_batch:
             self._on_batch(len(batch))
+        links = [self._links.pop(fut, None) for _, fut in batch] if self._links else []
         try:
-            outcomes = await self._append_batch([req for req, _ in batch])
+            with tracing.batch_span(links, len(batch)):  # the database spans nest in it
+                outcomes = await self._append_batch([req for req, _ in batch])
         except EventStoreError as exc:
             for _, fut in batch:
                 if not fut.done():
@@ -107,10 +120,15 @@ class GroupCommitter:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        highest = 0
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            if not isinstance(outcome, EventStoreError) and outcome.events:
+                highest = max(highest, outcome.events[-1].sequence or 0)
             if fut.done():
                 continue
             if isinstance(outcome, EventStoreError):
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome)
+        if highest and self._on_commit is not None:
+            self._on_commit(highest)

@@ -3,9 +3,9 @@
 isort:skip_file
 The event store's gRPC API (seed 000), served by the sidecar on localhost:9090.
 
-Compatibility: field numbers and names of the seed are unchanged. Additions are backward
-compatible only: new fields, new RPCs, and `optional` on AppendEventsRequest.expected_version so
-that an absent value means "any version" (proto3's 0 means "the stream is new or empty").
+Compatibility: field numbers, names and meanings of the original design are unchanged; additions
+are new fields, new RPCs and the ExpectedVersion constants. A client generated from the design's
+original proto gets its optimistic concurrency exactly: see AppendEventsRequest.expected_version.
 Errors carry a google.rpc.Status with a google.rpc.ErrorInfo whose reason is the SYS_EVSTORE_*
 code, the same codes the REST API returns.
 """
@@ -14,6 +14,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -25,6 +26,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ExpectedVersion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExpectedVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExpectedVersion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPECTED_VERSION_UNSPECIFIED: _ExpectedVersion.ValueType  # 0
+    """0: the stream is new or empty (the field's default)."""
+    EXPECTED_VERSION_NO_STREAM: _ExpectedVersion.ValueType  # -1
+    """-1: the stream must not exist yet."""
+    EXPECTED_VERSION_ANY: _ExpectedVersion.ValueType  # -2
+    """-2: any version; the append is not checked."""
+
+class ExpectedVersion(_ExpectedVersion, metaclass=_ExpectedVersionEnumTypeWrapper):
+    """The special values of AppendEventsRequest.expected_version (an int64: send the number).
+    Reserved negative constants rather than a separate field, as KurrentDB (EventStoreDB) does, so
+    the field stays the design's plain int64 and a client of the original proto needs nothing new.
+    """
+
+EXPECTED_VERSION_UNSPECIFIED: ExpectedVersion.ValueType  # 0
+"""0: the stream is new or empty (the field's default)."""
+EXPECTED_VERSION_NO_STREAM: ExpectedVersion.ValueType  # -1
+"""-1: the stream must not exist yet."""
+EXPECTED_VERSION_ANY: ExpectedVersion.ValueType  # -2
+"""-2: any version; the append is not checked."""
+Global___ExpectedVersion: _TypeAlias = ExpectedVersion  # noqa: Y015
+
 @_typing.final
 class AppendEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -34,7 +62,17 @@ class AppendEventsRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     expected_version: _builtins.int
-    """Absent: any version. -1: the stream must not exist. N >= 0: the stream must be at version N."""
+    """Optimistic concurrency. N >= 0: the stream must be at version N; 0 means new or empty, and is
+    also what an unset field means (proto3 sends no default value, so the two cannot differ: a
+    client that means "version 0" may send nothing). -1 (EXPECTED_VERSION_NO_STREAM): the stream
+    must not exist. -2 (EXPECTED_VERSION_ANY): append at whatever version, no check; it has to be
+    sent explicitly, so a client can never drop the check by accident. Other negative values are
+    INVALID_ARGUMENT. A mismatch is ABORTED with SYS_EVSTORE_VERSION_CONFLICT (ALREADY_EXISTS
+    with SYS_EVSTORE_STREAM_ALREADY_EXISTS for -1).
+
+    `optional` is kept only for compatibility with clients generated while an unset value meant
+    "any version" (their HasField/ClearField, *int64 in Go); the server treats unset as 0.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventData]: ...
     def __init__(
@@ -517,6 +555,93 @@ class PruneSnapshotsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PruneSnapshotsResponse: _TypeAlias = PruneSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class ListStreamsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """Only streams whose id starts with this; empty: every stream."""
+    after: _builtins.str
+    """The next_after of the previous page; empty: the first page."""
+    limit: _builtins.int
+    """Streams per page; 0 means 50 (the server's default_page_size), above max_page_size (200) is
+    INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "limit", b"limit", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreamsRequest: _TypeAlias = ListStreamsRequest  # noqa: Y015
+
+@_typing.final
+class ListStreamsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAMS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_FIELD_NUMBER: _builtins.int
+    next_after: _builtins.str
+    """Pass as `after` to read the next page; empty: this is the last page."""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamSummary]: ...
+    def __init__(
+        self,
+        *,
+        streams: _abc.Iterable[Global___StreamSummary] | None = ...,
+        next_after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_after", b"next_after", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreamsResponse: _TypeAlias = ListStreamsResponse  # noqa: Y015
+
+@_typing.final
+class StreamSummary(_message.Message):
+    """One stream of a listing. Appends move a stream to the front, so while someone pages a stream
+    can be missed or listed twice: a browsing aid, not a consistent snapshot.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    aggregate_type: _builtins.str
+    current_version: _builtins.int
+    updated_at: _builtins.str
+    """RFC 3339: the time of the stream's last append."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        aggregate_type: _builtins.str = ...,
+        current_version: _builtins.int = ...,
+        updated_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_type", b"aggregate_type", "current_version", b"current_version", "stream_id", b"stream_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSummary: _TypeAlias = StreamSummary  # noqa: Y015
 
 @_typing.final
 class EventNotification(_message.Message):
