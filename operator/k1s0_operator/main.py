@@ -19,7 +19,7 @@ from . import _handlers  # noqa: F401 - registers the EventStream handlers
 from ._login import kubernetes_client
 from ._peering import Peering, ensure_objects, peering_from_env
 from ._resources import Kube
-from ._runtime import Runtime, backoff_base, load_operator_config
+from ._runtime import Runtime, backoff_base, load_operator
 from .webhook import inject_sidecar  # noqa: F401 - registers the sidecar-injection webhook (/inject-sidecar)
 
 logger = logging.getLogger("k1s0_operator")
@@ -28,8 +28,8 @@ __all__ = ["Kube", "Peering", "Runtime", "build_runtime", "kubernetes_client", "
 
 
 def build_runtime(config_path: str | None = None) -> Runtime:
-    config = load_operator_config(config_path)
-    return Runtime(config=config, kube=Kube(kubernetes_client()), backoff_base=backoff_base())
+    config, clusters = load_operator(config_path)
+    return Runtime(config=config, kube=Kube(kubernetes_client()), backoff_base=backoff_base(), clusters=clusters)
 
 
 async def operate(

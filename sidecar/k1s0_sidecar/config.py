@@ -128,11 +128,19 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    document: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``EVENTSTORE_*`` variables, then ``overrides``."""
+    """Defaults, then the YAML file at ``path``, then ``EVENTSTORE_*`` variables, then ``overrides``.
+
+    ``document`` is that file already parsed, given instead of ``path`` (the operator reads its file
+    first to take out its own keys, such as ``database.clusters``).
+    """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
-    if path is not None:
+    if document is not None:
+        raw = dict(document)
+    elif path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except OSError as exc:
