@@ -289,7 +289,9 @@ def _entry(name: str, value: Any, operator_namespace: str) -> ClusterSource:
         if not isinstance(ref, Mapping):
             raise ConfigError(f"{sub}: must be an object with name, key, namespace")
         _only(ref, {"name", "key", "namespace"}, sub)
-        namespace = _str(ref, "namespace", sub, operator_namespace or None)
+        namespace = ref.get("namespace") or operator_namespace
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigError(f"{sub}.namespace: required when the operator's namespace is unknown ({NAMESPACE_ENV})")
         secret = SecretRef(_str(ref, "name", sub), namespace, _str(ref, "key", sub, "uri"))
         for key, text in (("name", secret.name), ("namespace", secret.namespace)):
             if not _K8S_NAME.fullmatch(text):
