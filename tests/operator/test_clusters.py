@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import pytest
+import yaml
 
+from k1s0_operator._clusters import CnpgRef, SecretRef, parse_clusters
 from k1s0_operator._runtime import load_operator
+from k1s0_sidecar.config import ConfigError, to_yaml
 from tests.operator.conftest import (
     EVS,
     SECRETS,
@@ -286,3 +291,106 @@ async def test_a_cloudnativepg_cluster_resolves_from_its_superuser_secret_and_rw
             await conn.execute(f'DROP ROLE IF EXISTS "{admin}"')
         finally:
             await conn.close()
+
+
+async def test_moving_a_stream_by_hand_as_documented(
+    api: ApiServer, operator: RunningOperator, pg: LocalPostgres, west: LocalPostgres, namespace: str
+) -> None:
+    """docs/operator.md, "Moving a stream": pg_dump | psql, delete with Retain, apply on the new cluster."""
+    await api.put_object(EVS, namespace, event_stream("mover", namespace, {"database": {"cluster": "east"}}))
+    await ready(api, namespace, "mover")
+    schema = f"{namespace}_mover"
+    before = ServedSidecar(secret_dsn(api, namespace, "mover-eventstore-db"), schema, migrate=False)
+    try:
+        await asyncio.to_thread(before.start)
+        await append_and_read(before, "order-7", "Placed")
+        await append_and_read(before, "order-7", "Paid")
+    finally:
+        before.stop()
+
+    dump = await asyncio.to_thread(subprocess.run, [
+        str(pg.bin_dir / "pg_dump"), f"--schema={schema}", "--no-owner", "--no-privileges", f"--dbname={pg.dsn}",
+    ], capture_output=True, check=True)
+    await asyncio.to_thread(subprocess.run, [
+        str(west.bin_dir / "psql"), "-v", "ON_ERROR_STOP=1", "-q", f"--dbname={west.dsn}",
+    ], input=dump.stdout, capture_output=True, check=True)
+
+    await api.delete_object(EVS, namespace, "mover")  # deletionPolicy Retain (the default)
+
+    async def gone() -> bool:
+        return api.obj(EVS, namespace, "mover") is None
+
+    await eventually(gone, 30, "the stream to be deleted")
+    await api.put_object(EVS, namespace, event_stream("mover", namespace, {"database": {"cluster": "west"}}))
+    obj = await ready(api, namespace, "mover")
+    assert obj["status"]["cluster"] == "west"
+    dsn = secret_dsn(api, namespace, "mover-eventstore-db")
+    assert urlsplit(dsn).port == west.port
+    after = ServedSidecar(dsn, schema, migrate=False)
+    try:
+        await asyncio.to_thread(after.start)
+        events = await append_and_read(after, "order-7", "Shipped")
+    finally:
+        after.stop()
+    assert [(e["event_type"], e["version"]) for e in events] == [("Placed", 1), ("Paid", 2), ("Shipped", 3)]
+    assert await event_count(pg, schema) == 2  # the old copy is kept, untouched
+    assert await event_count(west, schema) == 3
+
+
+# --- the configuration, without servers ------------------------------------------------------
+
+
+def test_the_cluster_map_from_the_environment_pairs_keeps_multi_host_dsns() -> None:
+    multi = "postgresql://admin:pw@h1:5432,h2:5432/events?target_session_attrs=read-write"
+    clusters = parse_clusters(None, "postgresql://admin@shared/events", {
+        "EVENTSTORE_DATABASE_CLUSTERS": f"east=postgresql://a@east/db?sslmode=require, west={multi}",
+    })
+    assert clusters.names() == ["default", "east", "west"]
+    assert clusters.source("east").dsn == "postgresql://a@east/db?sslmode=require"
+    assert clusters.source("west").dsn == multi
+    assert clusters.source("default").dsn == "postgresql://admin@shared/events"
+
+
+def test_the_operator_file_keeps_database_clusters_out_of_the_sidecar_config(tmp_path: Path) -> None:
+    path = tmp_path / "operator.yaml"
+    path.write_text(yaml.safe_dump({
+        "database": {"url": "postgresql://admin@shared/events", "max_connections": 7, "clusters": {
+            "west": {"secretRef": {"name": "pg-west-admin"}},
+            "main": {"cnpg": {"cluster": "pg-main", "namespace": "databases"}},
+        }},
+        "auth": {"mode": "none"},
+    }))
+    config, clusters = load_operator(str(path), {"EVENTSTORE_NAMESPACE": "k1s0-system"})
+    assert config.database.max_connections == 7  # the rest of the file still applies
+    assert clusters.source("west").secret == SecretRef("pg-west-admin", "k1s0-system", "uri")
+    assert clusters.source("main").cnpg == CnpgRef("pg-main", "databases", "app")
+    assert "clusters" not in yaml.safe_load(to_yaml(config))["database"]
+    # The environment replaces the file's map, as for every other key.
+    _, only_env = load_operator(str(path), {"EVENTSTORE_DATABASE_CLUSTERS": "east=postgresql://a@east/db"})
+    assert only_env.names() == ["default", "east"]
+
+
+@pytest.mark.parametrize(("raw", "url", "message"), [
+    ({"East": "postgresql://a@h/db"}, "postgresql://x@h/db", "'East' is not a valid cluster name"),
+    ({"east": "mysql://a@h/db"}, "postgresql://x@h/db", "database.clusters.east: must be a postgresql:// DSN"),
+    ({"east": {"url": "postgresql://a@h/db", "cnpg": {}}}, "postgresql://x@h/db", "exactly one of"),
+    ({"east": {"cnpg": {"cluster": "pg"}}}, "postgresql://x@h/db", "database.clusters.east.cnpg.namespace"),
+    ({"east": {"cnpg": {"cluster": "pg", "namespace": "db", "host": "x"}}}, "postgresql://x@h/db",
+     "unknown key(s) host"),
+    ({"east": {"secretRef": {"name": "s"}}}, "postgresql://x@h/db", "secretRef.namespace: required"),
+    ({"default": "postgresql://a@h/db"}, "postgresql://x@h/db", "give one of them, not both"),
+    ({"east": "postgresql://a@h/db"}, "", "database.url: the admin DSN of the default PostgreSQL cluster"),
+])
+def test_a_bad_cluster_map_is_a_configuration_error_naming_the_key(raw: Any, url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_clusters(raw, url, {})
+    assert message in str(caught.value)
+
+
+def test_the_default_cluster_may_be_a_reference_instead_of_database_url() -> None:
+    clusters = parse_clusters({"default": {"cnpg": {"cluster": "pg", "namespace": "db"}}}, "", {})
+    assert clusters.names() == ["default"] and clusters.source("default").cnpg == CnpgRef("pg", "db", "app")
+    with pytest.raises(ConfigError, match="name=postgresql"):
+        parse_clusters(None, "postgresql://x@h/db", {"EVENTSTORE_DATABASE_CLUSTERS": "east"})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_clusters(None, "postgresql://x@h/db", {"EVENTSTORE_DATABASE_CLUSTERS": "{east"})
