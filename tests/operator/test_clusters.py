@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import celpy  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -31,6 +32,7 @@ from tests.operator.conftest import (
     condition,
     event_stream,
     eventually,
+    load_crd,
     start_operator,
     stop_operator,
 )
@@ -394,3 +396,25 @@ def test_the_default_cluster_may_be_a_reference_instead_of_database_url() -> Non
         parse_clusters(None, "postgresql://x@h/db", {"EVENTSTORE_DATABASE_CLUSTERS": "east"})
     with pytest.raises(ConfigError, match="not valid JSON"):
         parse_clusters(None, "postgresql://x@h/db", {"EVENTSTORE_DATABASE_CLUSTERS": "{east"})
+
+
+def test_the_crd_refuses_a_cluster_change_once_status_cluster_is_set() -> None:
+    """The CRD's CEL rule, evaluated by a CEL implementation (the emulator does not run CEL)."""
+    [validation] = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    env = celpy.Environment()
+    rule = env.program(env.compile(validation["rule"]))
+
+    def allowed(new: str | None, old: dict[str, Any]) -> bool:
+        database = {"cluster": new} if new is not None else {}
+        activation = {"self": celpy.json_to_cel({"spec": {"database": database}}), "oldSelf": celpy.json_to_cel(old)}
+        return bool(rule.evaluate(activation))
+
+    never_provisioned = {"spec": {"database": {"cluster": "wset"}}, "status": {"phase": "Failed"}}
+    provisioned = {"spec": {"database": {"cluster": "east"}}, "status": {"cluster": "east"}}
+    assert allowed("west", never_provisioned)  # a typo can be fixed before anything exists
+    assert allowed("west", {"spec": {"database": {"cluster": "east"}}})
+    assert allowed("east", provisioned)
+    assert not allowed("west", provisioned)
+    assert not allowed(None, provisioned)  # an omitted cluster is "default"
+    assert allowed(None, {"spec": {"database": {}}, "status": {"cluster": "default"}})
+    assert "cannot change once the EventStream is provisioned" in validation["message"]
