@@ -42,6 +42,7 @@ from ._model import (
 )
 from .aggregates import Aggregate, AggregateRepository
 from .consumer import EventConsumer, PublishedEvent, ensure_consumer_tables
+from .kafka_security import KafkaSecurity, KafkaSecurityError
 from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
 from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
 from .stores.remote import GrpcEventStore, GrpcSnapshotStore
@@ -70,6 +71,8 @@ __all__ = [
     "GrpcSnapshotStore",
     "InMemoryEventStore",
     "InMemorySnapshotStore",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "NotFoundError",
     "PermissionDeniedError",
     "PostgresEventStore",

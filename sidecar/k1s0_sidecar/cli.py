@@ -111,6 +111,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    from . import tracing
+
+    tracing.setup()  # only if OTEL_* variables ask for it; before the servers are built
     try:
         asyncio.run(serve(config, on_ready=_print_ready))
     except KeyboardInterrupt:  # pragma: no cover - the signal handler normally wins
@@ -118,6 +121,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # export the last spans
     return 0
 
 

@@ -30,7 +30,7 @@ from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 
-from . import wire
+from . import tracing, wire
 from .authz import Authenticator, Principal, Role, check
 from .errors import grpc_status, new_request_id
 from .metrics import Metrics
@@ -208,7 +208,8 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         expected = request.expected_version if request.HasField("expected_version") else None
         append, result = await self.service.append_prepared(request.stream_id, events, expected)
         response = pb.AppendEventsResponse(stream_id=result.stream_id.value, current_version=result.current_version)
-        add_appended_pb(response.events, append, result, data, subject is not None)
+        # audited or traced: the stored metadata differs from the request's, so it is what is echoed
+        add_appended_pb(response.events, append, result, data, subject is not None or tracing.ENABLED)
         return response
 
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:
@@ -413,6 +414,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):
             return
         status = grpc_status(exc, request_id)
+        if tracing.ENABLED:
+            tracing.grpc_code(status.code)
         self._observe(method, status.code.name, started)
         await context.abort_with_status(status)
 

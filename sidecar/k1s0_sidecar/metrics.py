@@ -67,6 +67,18 @@ class Metrics:
         self.subscriptions_lagged = Counter(
             "eventstore_subscriptions_lagged", "Subscribers sent back to catch-up reads for falling behind", registry=r
         )
+        self.subscriptions_queued = Gauge(
+            "eventstore_subscriptions_queued_max",
+            "Events queued for the live subscriber furthest behind (at eventstore_subscriptions_buffer it falls"
+            " back to catch-up reads)", registry=r,
+        )
+        self.subscriptions_buffer = Gauge(
+            "eventstore_subscriptions_buffer", "Events a live subscriber may have queued before it falls back",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "eventstore_database_up", "1 if the last readiness check reached the database, else 0", registry=r
+        )
         self.http_requests = Counter(
             "eventstore_http_requests", "REST requests", ["route", "method", "status"], registry=r
         )

@@ -32,6 +32,7 @@ from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnaps
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
 
+from . import tracing
 from .authz import Authenticator, NoAuthenticator
 from .config import Config
 from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
@@ -213,6 +214,7 @@ class Sidecar:
                 log.info("schema %s: applied migrations %s", cfg.database.schema, applied)
         self.dsn = dsn
         self.pool = await create_pool(store_config)
+        self.metrics.database_up.set(1)  # the pool connected; readiness checks keep it current
         self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
         self.store = PostgresEventStore(store_config, pool=self.pool)
         self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
@@ -242,6 +244,8 @@ class Sidecar:
             on_lag=self.metrics.subscriptions_lagged.inc,
         )
         self.metrics.subscriptions_active.set_function(lambda: self.subscriptions.live_subscribers)
+        self.metrics.subscriptions_queued.set_function(lambda: self.subscriptions.max_queued)
+        self.metrics.subscriptions_buffer.set(cfg.event_store.subscription_buffer)
         self.servicer.subscriptions = self.subscriptions
         self.rest.subscriptions = self.subscriptions
         self.components.append(self.subscriptions)
@@ -291,7 +295,10 @@ class Sidecar:
         self.rest_port = int(server.sockets[0].getsockname()[1])
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.authenticator, self.metrics)])
+        # The tracing interceptor (when on) comes first, so the edge's work runs inside its span.
+        server = grpc.aio.server(
+            interceptors=[*tracing.grpc_interceptors(), EdgeInterceptor(self.authenticator, self.metrics)]
+        )
         pb_grpc.add_EventStoreServiceServicer_to_server(self.servicer, server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -315,9 +322,11 @@ class Sidecar:
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             checks["database"] = "ok"
+            self.metrics.database_up.set(1)
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
             ok = False
+            self.metrics.database_up.set(0)
         details: dict[str, Any] = {"checks": checks, "auth_mode": self.config.auth.mode}
         if self.config.auth.mode == "none":
             details["warnings"] = ["authentication is disabled (auth.mode: none): development only"]

@@ -33,6 +33,7 @@ from k1s0_event_store import (
 )
 from k1s0_event_store._model import MAX_INT64, PreparedEvent, prepared_append, rfc3339, validate_version_bound
 
+from . import tracing
 from .authz import Principal
 from .config import EventStoreSection
 from .group_commit import GroupCommitter
@@ -130,6 +131,8 @@ class EventStoreService:
         request = prepare_append(
             stream_id, events, expected_version, max_events=self.settings.max_events_per_append
         )
+        if tracing.ENABLED:
+            request = tracing.stamp(request)
         result = await self.commit(request)
         return Appended(result, _encode_appended(request, result))
 
@@ -139,6 +142,8 @@ class EventStoreService:
         """An append whose events the edge prepared itself from their wire form (JSON text kept,
         audit metadata already applied with ``audited_metadata``); the edge renders the answer."""
         request = prepared_append(stream_id, events, expected_version, max_events=self.settings.max_events_per_append)
+        if tracing.ENABLED:
+            request = tracing.stamp(request)
         return request, await self.commit(request)
 
     async def commit(self, request: AppendRequest) -> AppendResult:
@@ -155,6 +160,8 @@ class EventStoreService:
             if getattr(exc, "code", "") == "SYS_EVSTORE_VERSION_CONFLICT":
                 self.metrics.append_conflicts.inc()
             raise
+        if tracing.ENABLED:
+            tracing.appended(result)
         self.metrics.append_latency.observe(time.perf_counter() - started)
         self.metrics.events_appended.inc(len(result.events))
         if result.events and result.events[0].version == 1 and result.events[0].event_id == request.events[0].event_id:
@@ -173,6 +180,8 @@ class EventStoreService:
         documents: bool = False,
     ) -> ReadPage:
         """A page of one stream. ``documents``: each event as one JSON document (REST bodies)."""
+        if tracing.ENABLED:
+            tracing.stream(stream_id)
         sid = StreamId.parse(stream_id)
         first = 1 if from_version is None else validate_version_bound(from_version, "from_version", 0)
         last = None if to_version is None else validate_version_bound(to_version, "to_version", 0)
@@ -208,6 +217,8 @@ class EventStoreService:
 
     async def get_event(self, stream_id: str, sequence: int) -> EventEnvelope:
         validate_version_bound(sequence, "sequence", 1)
+        if tracing.ENABLED:
+            tracing.stream(stream_id)
         event = await self.store.get_event(StreamId.parse(stream_id), sequence)
         self.metrics.reads.labels("event").inc()
         return event
@@ -293,6 +304,8 @@ class EventStoreService:
         return await self.snapshots.prune(older_than)
 
     async def delete_stream(self, stream_id: str) -> int:
+        if tracing.ENABLED:
+            tracing.stream(stream_id)
         removed = await self.store.delete_stream(StreamId.parse(stream_id))
         self.metrics.streams_deleted.inc()
         return removed

@@ -51,6 +51,7 @@ from .._model import (
 from .._pbconv import metadata_from_pb, metadata_to_pb
 from .._proto import event_store_pb2 as pb
 from .._proto import event_store_pb2_grpc as pb_grpc
+from .._tracing import context_metadata
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
@@ -147,7 +148,9 @@ class _Client:
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         token = self._token() if callable(self._token) else self._token
-        return (("authorization", f"Bearer {token}"),) if token else ()
+        # The caller's trace context (if it uses OpenTelemetry), so the sidecar's spans join its trace.
+        trace_context = context_metadata()
+        return ((("authorization", f"Bearer {token}"),) if token else ()) + trace_context
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: Any, *, stream_id: str = "",
                     retry: bool = True) -> T:
