@@ -65,9 +65,10 @@ async def start(pg: LocalPostgres, west: LocalPostgres, kafka: LocalKafka, names
             "east": pg.dsn,
             "west": {"url": west.dsn},
             "cnpg-west": {"cnpg": {"cluster": "pg-main", "namespace": CNPG_NAMESPACE, "database": "postgres"}},
+            "ref-west": {"secretRef": {"name": "pg-west-admin", "namespace": CNPG_NAMESPACE, "key": "dsn"}},
         }),
     })
-    assert clusters.names() == ["cnpg-west", "default", "east", "west"]
+    assert clusters.names() == ["cnpg-west", "default", "east", "ref-west", "west"]
     return await start_operator(config, [namespace], clusters)
 
 
@@ -190,7 +191,7 @@ async def test_an_unreachable_cluster_fails_only_its_streams_and_unknown_names_a
     obj = await with_condition(api, namespace, "typo", "Ready", "UnknownCluster")
     ready_c = condition(obj, "Ready")
     assert ready_c["status"] == "False" and obj["status"]["phase"] == "Failed"
-    assert "'wset'" in ready_c["message"] and "cnpg-west, default, east, west" in ready_c["message"]
+    assert "'wset'" in ready_c["message"] and "cnpg-west, default, east, ref-west, west" in ready_c["message"]
     assert "cluster" not in obj["status"]
     # Not provisioned yet: the name can still be corrected, and then it reconciles.
     assert unknown["metadata"]["generation"] == 1
@@ -337,6 +338,29 @@ async def test_moving_a_stream_by_hand_as_documented(
     assert [(e["event_type"], e["version"]) for e in events] == [("Placed", 1), ("Paid", 2), ("Shipped", 3)]
     assert await event_count(pg, schema) == 2  # the old copy is kept, untouched
     assert await event_count(west, schema) == 3
+
+
+async def test_a_secret_reference_is_read_at_each_reconciliation(
+    api: ApiServer, operator: RunningOperator, pg: LocalPostgres, west: LocalPostgres, namespace: str
+) -> None:
+    await api.put_object(EVS, namespace, event_stream("by-ref", namespace, {"database": {"cluster": "ref-west"}}))
+    obj = await with_condition(api, namespace, "by-ref", "SchemaReady", "DatabaseUnavailable")
+    assert condition(obj, "SchemaReady")["message"] == (
+        f"cluster ref-west: Secret {CNPG_NAMESPACE}/pg-west-admin not found"
+    )
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-west-admin", "namespace": CNPG_NAMESPACE},
+        "data": {"dsn": base64.b64encode(west.dsn.encode()).decode()},
+    }
+    await api.put_object(SECRETS, CNPG_NAMESPACE, secret)
+    try:
+        obj = await ready(api, namespace, "by-ref")
+        assert obj["status"]["cluster"] == "ref-west"
+        assert await placement(west, f"{namespace}_by_ref") == (True, True)
+        assert await placement(pg, f"{namespace}_by_ref") == (False, False)
+        assert urlsplit(secret_dsn(api, namespace, "by-ref-eventstore-db")).port == west.port
+    finally:
+        await api.delete_object(SECRETS, CNPG_NAMESPACE, "pg-west-admin")
 
 
 # --- the configuration, without servers ------------------------------------------------------
