@@ -24,6 +24,7 @@ from ._errors import (
     UnavailableError,
     ValidationError,
 )
+from ._json import MAX_JSON_DEPTH, decode_json_text, encode_json, parse_json
 from ._model import (
     NO_STREAM,
     AppendRequest,
@@ -48,6 +49,7 @@ from .stores.remote import GrpcEventStore, GrpcSnapshotStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "NO_STREAM",
     "Aggregate",
     "AggregateRepository",
@@ -86,7 +88,10 @@ __all__ = [
     "ValidationError",
     "__version__",
     "create_pool",
+    "decode_json_text",
     "encode_event",
+    "encode_json",
     "ensure_consumer_tables",
+    "parse_json",
     "prepare_append",
 ]
