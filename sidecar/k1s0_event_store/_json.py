@@ -104,9 +104,16 @@ def decode_json_text(raw: bytes, field_name: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def parse_json(text: str, field_name: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Strict JSON within the limits above, or a ValidationError naming the field."""
-    if deeper_than(text, max_depth):
+def parse_json(text: str, field_name: str, max_depth: int = MAX_JSON_DEPTH, *, wrapping: int = 0) -> Any:
+    """Strict JSON within the limits above, or a ValidationError naming the field.
+
+    ``wrapping``: the document wraps the values ``max_depth`` applies to in that many levels (a
+    REST body: ``{"events": [{"payload": …}]}``); it is too deep exactly when one of them is."""
+    if deeper_than(text, max_depth + wrapping):
+        if wrapping:
+            raise ValidationError(
+                f"a value in the {field_name} is nested more than {max_depth} levels deep", field=field_name
+            )
         raise _too_deep(field_name, max_depth)
     decoder = _CHECKED if _RISKY_NUMBER.search(text) else _FAST
     try:

@@ -112,7 +112,7 @@ async def _body(request: web.Request, timeout: float, max_depth: int) -> Any:
         raise RequestError(CLIENT_CLOSED_CODE, "the client closed the connection") from None
     if not raw:
         raise ValidationError("request body is required (JSON)", field="body")
-    return parse_json(decode_json_text(raw, "body"), "body", max_depth + _BODY_NESTING)
+    return parse_json(decode_json_text(raw, "body"), "body", max_depth, wrapping=_BODY_NESTING)
 
 
 class RestApi:
