@@ -213,9 +213,64 @@ CREATE TABLE {s}.forwarder_checkpoint (
 INSERT INTO {s}.forwarder_checkpoint (id) VALUES (TRUE);
 """,
     ),
+    Migration(
+        4,
+        "fleet appends: one-round-trip append function; no NOTIFY per append",
+        """
+-- Every sidecar of an app appends to this schema. A notification per appending commit woke every
+-- sidecar's listener (each then queried the head) and serialised notifying commits database-wide,
+-- so that cost grew with the number of sidecars. Sidecars now wake their own subscription reader
+-- and forwarder after their own commits and look for other sidecars' commits by polling.
+DROP TRIGGER IF EXISTS events_notify ON {s}.events;
+DROP FUNCTION IF EXISTS {s}.notify_appended();
+
+-- An append planned by the client on the stream versions it believes current (p_check_*), done in
+-- one statement: the schema's append lock is taken here, after the client's round trips, and held
+-- only for this execution and the commit that follows it (the caller runs it in autocommit, so the
+-- commit travels in the same message). If any checked stream is not at the planned version, or an
+-- event id the plan took as new is already stored, nothing is written and no row is returned: the
+-- client reads the real state and plans again. Sequence order still equals commit order: the lock
+-- is taken before the insert draws its sequences and released only after the commit is visible.
+-- Lock key: (append namespace "k1s0" << 32) | the schema's OID, as schema.append_lock_key computes.
+CREATE FUNCTION {s}.append_planned(
+    p_check_streams TEXT[], p_check_versions BIGINT[], p_check_ids UUID[],
+    p_streams TEXT[], p_aggregate_types TEXT[], p_stream_versions BIGINT[],
+    p_ids UUID[], p_stream_ids TEXT[], p_versions BIGINT[], p_types TEXT[],
+    p_payloads TEXT[], p_metadata TEXT[], p_occurred TIMESTAMPTZ[]
+) RETURNS TABLE (r_event_id UUID, r_sequence BIGINT, r_stored_at TIMESTAMPTZ)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock((1798402864::bigint << 32) | '{schema_literal}'::regnamespace::oid::bigint);
+    IF EXISTS (SELECT 1 FROM unnest(p_check_streams, p_check_versions) AS c(id, v)
+               LEFT JOIN {s}.event_streams es ON es.id = c.id
+               WHERE coalesce(es.current_version, 0) <> c.v)
+       OR (cardinality(p_check_ids) > 0
+           AND EXISTS (SELECT 1 FROM {s}.events ev WHERE ev.event_id = ANY(p_check_ids))) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH streams AS (
+        INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)
+        SELECT * FROM unnest(p_streams, p_aggregate_types, p_stream_versions)
+        ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW())
+    INSERT INTO {s}.events AS ev (event_id, stream_id, version, event_type, payload, metadata, occurred_at)
+    SELECT u.e, u.sid, u.v, u.t, u.p::jsonb, u.m::jsonb, u.o
+    FROM unnest(p_ids, p_stream_ids, p_versions, p_types, p_payloads, p_metadata, p_occurred)
+        AS u(e, sid, v, t, p, m, o)
+    RETURNING ev.event_id, ev.sequence, ev.stored_at;
+END;
+$$;
+""",
+    ),
 )
 
-#: LISTEN channels (payloads: the schema name; ``schema/stream_id`` for deletions).
+_APPEND_PLANNED_ARGS = (
+    "TEXT[], BIGINT[], UUID[], TEXT[], TEXT[], BIGINT[], UUID[], TEXT[], BIGINT[], TEXT[], TEXT[], TEXT[],"
+    " TIMESTAMPTZ[]"
+)
+
+#: LISTEN channels (payloads: the schema name; ``schema/stream_id`` for deletions). Since migration 4
+#: appends no longer notify; ``NOTIFY_APPENDED`` stays for sidecars of older releases during an upgrade.
 NOTIFY_APPENDED = "k1s0_events"
 NOTIFY_STREAM_DELETED = "k1s0_stream_deleted"
 
@@ -278,6 +333,7 @@ def app_role_grants(schema: str, role: str) -> list[str]:
         f"GRANT SELECT ON {s}.schema_migrations TO {r}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
         f"GRANT EXECUTE ON FUNCTION {s}.delete_stream(TEXT) TO {r}",
+        f"GRANT EXECUTE ON FUNCTION {s}.append_planned({_APPEND_PLANNED_ARGS}) TO {r}",
         f"GRANT SELECT, UPDATE ON {s}.forwarder_checkpoint TO {r}",
     ]
 

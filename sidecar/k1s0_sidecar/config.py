@@ -116,8 +116,9 @@ class EventStoreSection:
     max_json_depth: int = 512
     #: Subscriptions: events queued per live subscriber before it is sent back to catch-up reads.
     subscription_buffer: int = 1000
-    #: Polling fallback of the shared reader when no NOTIFY arrives.
-    subscription_poll_interval_ms: float = 1000.0
+    #: How often a sidecar looks for other sidecars' commits (its subscription reader while someone
+    #: is subscribed, and the active forwarder); its own commits wake both at once.
+    subscription_poll_interval_ms: float = 100.0
     #: SSE keep-alive comment interval while idle.
     subscription_keepalive_seconds: float = 15.0
 

@@ -42,7 +42,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from k1s0_event_store import EventEnvelope, StreamId
-from k1s0_event_store.schema import NOTIFY_APPENDED, forwarder_lock_key, quote_ident
+from k1s0_event_store.schema import forwarder_lock_key, quote_ident
 
 from . import wire
 from ._publisher import (
@@ -380,9 +380,11 @@ class Forwarder:
 
     # -- forwarding ----------------------------------------------------------------------------
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload == self.schema:
-            self._wake.set()
+    def wake(self) -> None:
+        """This sidecar committed events: look for them now rather than at the next poll. The
+        active forwarder finds other sidecars' commits by polling (``poll_interval``): appends do
+        not notify (a NOTIFY per commit woke every sidecar of the fleet)."""
+        self._wake.set()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         row = await conn.fetchrow(
@@ -401,7 +403,6 @@ class Forwarder:
         self.state = "active"
         self._set_active(True)
         log.info("forwarder active for schema %s from sequence %d (epoch %d)", self.schema, position, row["epoch"])
-        await conn.add_listener(NOTIFY_APPENDED, self._on_notify)
         backoff = _Backoff(self.backoff_initial, self.backoff_max)
         publisher: Publisher | None = None
         failed_rounds = 0
@@ -476,11 +477,6 @@ class Forwarder:
         finally:
             if publisher is not None:
                 await publisher.close()
-            if not conn.is_closed():
-                try:
-                    await conn.remove_listener(NOTIFY_APPENDED, self._on_notify)
-                except Exception:
-                    pass
             self._set_active(False)
 
     async def _new_publisher(self) -> Publisher:

@@ -186,6 +186,7 @@ class Sidecar:
             max_batch=cfg.event_store.group_commit_max_batch,
             linger_seconds=cfg.event_store.group_commit_linger_ms / 1000,
             on_batch=self.metrics.batch_size.observe,
+            on_commit=self._committed,
         )
         self.committer.start()
         self.service = EventStoreService(self.store, self.snapshots, cfg.event_store, self.metrics, self.committer)
@@ -218,6 +219,12 @@ class Sidecar:
         log.info("serving REST on %s:%d and gRPC on %s:%d (schema %s, auth %s)", cfg.server.host, self.rest_port,
                  cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
 
+    def _committed(self) -> None:
+        """This sidecar stored events: wake its own readers (other sidecars find them by polling)."""
+        self.subscriptions.wake()
+        if self.forwarder is not None:
+            self.forwarder.wake()
+
     def _extend(self) -> None:
         """Hook for optional parts (subscriptions, forwarder) to add routes and components."""
         # The Kafka forwarder (issue #6): on when kafka.brokers is set; its status route is open
@@ -225,7 +232,8 @@ class Sidecar:
         self.forwarder: Forwarder | None = None
         if self.config.kafka.brokers:
             self.forwarder = Forwarder(
-                self.dsn, self.config.database.schema, self.config.kafka, registry=self.metrics.registry
+                self.dsn, self.config.database.schema, self.config.kafka, registry=self.metrics.registry,
+                poll_interval=self.config.event_store.subscription_poll_interval_ms / 1000,
             )
             self.components.append(self.forwarder)
         self.rest.extra_routes.append(

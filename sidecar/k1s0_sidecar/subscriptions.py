@@ -1,8 +1,13 @@
 """Subscriptions: catch-up from a position, then live, with no gap and no duplicate at the switch.
 
 One reader per process (``SubscriptionHub``) follows the schema's global order and fans out to
-every live subscriber, so database load does not grow with the number of subscribers. It is woken
-by PostgreSQL ``LISTEN`` (the append trigger notifies at commit) and polls as a fallback.
+every live subscriber, so database load does not grow with the number of subscribers. It reads
+only while someone is subscribed. It is woken at once by this sidecar's own commits (``wake``), and
+finds other sidecars' commits by polling every ``poll_interval``: a commit costs the other sidecars
+of the schema nothing, and a subscribed sidecar costs PostgreSQL one indexed query per interval,
+however fast the fleet appends. (Appends used to NOTIFY; every commit then woke every sidecar,
+which queried PostgreSQL, and notifying commits are serialised database-wide.) ``LISTEN`` remains
+for stream deletions, which are rare.
 
 A subscriber reads history from the database itself, then registers with the hub. Registration is
 synchronous and returns the hub's head ``H``: the hub will queue every matching event with
@@ -183,7 +188,13 @@ class SubscriptionHub:
             log.warning("LISTEN unavailable, subscriptions fall back to polling: %s", exc)
 
     def _on_append(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        # Sent only by sidecars of releases before migration 4 (their schema still notified).
         if payload == self.schema:
+            self._wake_up()
+
+    def wake(self) -> None:
+        """This sidecar committed events: read them now rather than at the next poll."""
+        if self._subscribers:
             self._wake_up()
 
     def _on_delete(self, conn: Any, pid: int, channel: str, payload: str) -> None:
@@ -232,13 +243,7 @@ class SubscriptionHub:
                 if self._listener is None:
                     await self._listen()
                 if not self._subscribers:
-                    # Nobody live: follow the head without reading the events. Registration is
-                    # synchronous, so if someone registered during the await we fall through and
-                    # read from the old head for them instead of jumping over their events.
-                    head = await self.store.head_sequence()
-                    if not self._subscribers:
-                        self.head = max(self.head, head)
-                        continue
+                    continue  # nobody live: no query at all (registration reads the head itself)
                 while True:
                     events = await self.store.read_all_encoded(self.head, 1000)
                     for event in events:
@@ -265,9 +270,19 @@ class SubscriptionHub:
                 delivery = Delivery(event)
             sub.queue.put_nowait(delivery)
 
-    def _register(self, sub: Subscriber) -> int:
+    async def _register(self, sub: Subscriber) -> int:
+        """Add ``sub``; return the head ``H`` above which the hub queues every event for it.
+
+        A hub with nobody live does not follow the head, so the first subscriber reads it. No
+        await separates the last check from the add: a subscriber that registered meanwhile keeps
+        the head the reader maintains for it, and an older head is never a problem (only more to
+        read), while a newer one is exact: everything at or below it has committed."""
         if self._closed:
             raise UnavailableError("the event store is shutting down")
+        if not self._subscribers:
+            head = await self.store.head_sequence()
+            if not self._subscribers:
+                self.head = max(self.head, head)
         self._subscribers.add(sub)
         return self.head
 
@@ -347,7 +362,7 @@ class SubscriptionHub:
                 if len(page) < _PAGE:
                     break
             sub = Subscriber(matches)
-            head = self._register(sub)
+            head = await self._register(sub)
             try:
                 while position < head:  # what committed before registration: from the database
                     page = await self.store.read_all_encoded(
@@ -410,7 +425,7 @@ class SubscriptionHub:
                 if len(page) < _PAGE:
                     break
             sub = Subscriber(lambda e: e.stream_id == name, stream=name)
-            head = self._register(sub)
+            head = await self._register(sub)
             try:
                 while True:
                     full = await self._page(sid, version)

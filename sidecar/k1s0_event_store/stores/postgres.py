@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from .._api import EventStore, SnapshotStore
-from .._batch import Replay, ReplayOf, Write, plan
+from .._batch import Decision, Replay, ReplayOf, Write, plan
 from .._config import EventStoreConfig
 from .._errors import (
     EventNotFoundError,
@@ -68,8 +68,16 @@ _ENCODED_COLUMNS = (
     "stream_id, sequence, event_type, version, payload::text AS payload, metadata::text AS metadata,"
     f" {_TS.format('occurred_at')}, {_TS.format('stored_at')}, event_id::text AS event_id"
 )
-_CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
+# A lost connection, a server shutting down or starting (57P0x), a refused or timed-out connect:
+# the request may succeed later, so it is UNAVAILABLE (503), never an internal error.
+_CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                      asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
                       asyncpg.exceptions.TooManyConnectionsError, asyncio.TimeoutError)
+# Errors that only the values of a request can cause (SQLSTATE classes 22 and 23).
+_DATA_ERRORS = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
+#: Optimistic plans tried before a batch is decided under the lock (see _append_planned).
+_OPTIMISTIC_ATTEMPTS = 3
+_KNOWN_VERSIONS_LIMIT = 100_000
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -166,6 +174,9 @@ class PostgresEventStore(_PoolOwner, EventStore):
         s = self._s
         self._sql_versions = f"SELECT id, current_version FROM {s}.event_streams WHERE id = ANY($1::text[])"
         self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1::uuid[])"
+        self._sql_append_planned = f"SELECT * FROM {s}.append_planned({', '.join(f'${i}' for i in range(1, 14))})"
+        # Stream versions this store last read or wrote: the first guess of every plan.
+        self._known_versions: dict[str, int] = {}
         # One statement writes the stream rows and the events. The foreign-key check on events runs
         # at the end of the statement, so it sees the stream rows the CTE inserted.
         self._sql_write = (
@@ -193,7 +204,12 @@ class PostgresEventStore(_PoolOwner, EventStore):
     async def append_batch(
         self, requests: Sequence[AppendRequest], *, connection: asyncpg.Connection | None = None
     ) -> list[AppendResult | EventStoreError]:
-        """Apply ``requests`` in one transaction.
+        """Apply ``requests`` in one transaction (one commit, one WAL flush for all of them).
+
+        Each request keeps its own outcome (``_batch.plan``). If PostgreSQL refuses the data of the
+        batch (SQLSTATE classes 22 and 23: something only a request's own values can cause), the
+        batch is split and re-run until the guilty request fails alone with a ``ValidationError``;
+        every other request commits as if it had been sent alone.
 
         With ``connection`` the append joins the caller's open transaction (a transactional outbox:
         the caller's own rows and the events commit together). The append lock is then held until
@@ -205,66 +221,158 @@ class PostgresEventStore(_PoolOwner, EventStore):
             key = await self._append_lock_key(connection)
             await connection.execute("SELECT pg_advisory_xact_lock($1)", key)
             return await self._append_in(connection, requests)
-        async with self.connection() as conn:
-            key = await self._append_lock_key(conn)
-            # One round trip opens the transaction and takes the lock (simple-query protocol; the key
-            # is an integer we computed). The lock must come before the reads in _append_in: under
-            # READ COMMITTED each statement sees what had committed when it started.
-            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(key)})")
-            try:
-                results = await self._append_in(conn, requests)
-            except BaseException:
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
-            return results
+        try:
+            async with self.connection() as conn:
+                return await self._append_planned(conn, requests)
+        except _DATA_ERRORS as exc:
+            if len(requests) == 1:
+                return [ValidationError(f"PostgreSQL refused the events of this append: {exc}")]
+            # Nothing of the batch was stored. Halves run in order, so a later request still sees
+            # what an earlier one of the batch wrote (its expected_version may count on it).
+            middle = len(requests) // 2
+            return [*await self.append_batch(requests[:middle]), *await self.append_batch(requests[middle:])]
 
-    async def _append_in(
+    async def _append_planned(
         self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | EventStoreError]:
-        """Decide and write, inside a transaction that already holds the append lock."""
+        """Plan in Python, write in one round trip that holds the append lock only while it runs.
+
+        The first plan uses the versions this store last saw (or, for a stream it does not know,
+        what the request expects): the usual case, a sidecar appending to streams it appends to or
+        new streams, takes one round trip. A plan that would refuse or replay a request is never
+        answered from a guess: the real state is read first. ``append_planned`` writes only if
+        every stream it writes is still at the planned version; otherwise the state is read and the
+        batch planned again. After ``_OPTIMISTIC_ATTEMPTS`` such races (a stream hot across
+        sidecars), the batch is decided under the lock instead, which always completes.
+        """
+        guessed = True
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            if guessed:
+                versions = self._guess_versions(requests)
+                stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
+            else:
+                versions, stored_by_id = await self._read_state(conn, requests)
+            decisions = plan(requests, versions, stored_by_id)
+            writes = [d for d in decisions if isinstance(d, Write)]
+            if guessed and len(writes) < len(decisions):
+                guessed = False
+                continue
+            if not writes:
+                return self._results(decisions, {})
+            args, finals = self._write_args(writes, versions)
+            rows = await conn.fetch(self._sql_append_planned, *args)
+            if rows:
+                self._remember(finals)
+                return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+            guessed = False
+        return await self._append_locked(conn, requests)
+
+    def _guess_versions(self, requests: Sequence[AppendRequest]) -> dict[str, int]:
+        guesses: dict[str, int] = {}
+        known = self._known_versions
+        for r in requests:
+            sid = str(r.stream_id)
+            if sid not in guesses:
+                expected = r.expected_version
+                guesses[sid] = known.get(sid, expected if expected is not None and expected > 0 else 0)
+        return guesses
+
+    def _remember(self, finals: dict[str, tuple[str, int]]) -> None:
+        known = self._known_versions
+        if len(known) > _KNOWN_VERSIONS_LIMIT:
+            known.clear()  # a wrong or missing guess costs one read, never a wrong answer
+        for sid, (_, version) in finals.items():
+            known[sid] = version
+
+    async def _read_state(
+        self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
+    ) -> tuple[dict[str, int], dict[uuid.UUID, EventEnvelope]]:
+        """The streams' current versions and the stored events whose ids the requests give."""
         streams = list({str(r.stream_id) for r in requests})
         versions = {r["id"]: r["current_version"] for r in await conn.fetch(self._sql_versions, streams)}
+        self._known_versions.update(versions)
         given = [p.event_id for r in requests for p in r.events if p.id_given]
         stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
         if given:
             cache: dict[str, StreamId] = {}
             for row in await conn.fetch(self._sql_by_ids, given):
                 stored_by_id[row["event_id"]] = _envelope(row, cache)
-        decisions = plan(requests, versions, stored_by_id)
+        return versions, stored_by_id
 
+    @staticmethod
+    def _write_args(
+        writes: Sequence[Write], versions: dict[str, int]
+    ) -> tuple[list[list[Any]], dict[str, tuple[str, int]]]:
+        """The column arrays of the writes, with the planned versions they are checked against."""
+        final: dict[str, tuple[str, int]] = {}
+        check_ids: list[uuid.UUID] = []
+        ids: list[uuid.UUID] = []
+        sids: list[str] = []
+        numbers: list[int] = []
+        types: list[str] = []
+        payloads: list[str] = []
+        metas: list[str] = []
+        times: list[datetime] = []
+        for w in writes:
+            events, first = w.request.events, w.first_version
+            sid, n = str(w.request.stream_id), len(events)
+            final[sid] = (w.request.stream_id.aggregate_type, first + n - 1)
+            sids += [sid] * n
+            numbers += range(first, first + n)
+            for p in events:
+                ids.append(p.event_id)
+                if p.id_given:
+                    check_ids.append(p.event_id)
+                types.append(p.event_type)
+                payloads.append(p.payload_json)
+                metas.append(p.metadata_json)
+                times.append(p.occurred_at)
+        streams = list(final)
+        args: list[list[Any]] = [
+            streams, [versions.get(sid, 0) for sid in streams], check_ids,
+            streams, [v[0] for v in final.values()], [v[1] for v in final.values()],
+            ids, sids, numbers, types, payloads, metas, times,
+        ]
+        return args, final
+
+    async def _append_locked(
+        self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | EventStoreError]:
+        """Decide and write while holding the append lock across the round trips (always completes)."""
+        key = await self._append_lock_key(conn)
+        # One round trip opens the transaction and takes the lock (simple-query protocol; the key
+        # is an integer we computed). The lock must come before the reads in _append_in: under
+        # READ COMMITTED each statement sees what had committed when it started.
+        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(key)})")
+        try:
+            results = await self._append_in(conn, requests)
+        except BaseException:
+            # The connection may be gone (the pool then refuses even is_closed()): nothing to undo.
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        return results
+
+    async def _append_in(
+        self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | EventStoreError]:
+        """Decide and write, inside a transaction that already holds the append lock."""
+        versions, stored_by_id = await self._read_state(conn, requests)
+        decisions = plan(requests, versions, stored_by_id)
         writes = [d for d in decisions if isinstance(d, Write)]
         inserted: dict[uuid.UUID, tuple[int, datetime]] = {}
         if writes:
-            final: dict[str, tuple[str, int]] = {}
-            ids: list[uuid.UUID] = []
-            sids: list[str] = []
-            numbers: list[int] = []
-            types: list[str] = []
-            payloads: list[str] = []
-            metas: list[str] = []
-            times: list[datetime] = []
-            for w in writes:
-                events, first = w.request.events, w.first_version
-                sid, n = str(w.request.stream_id), len(events)
-                final[sid] = (w.request.stream_id.aggregate_type, first + n - 1)
-                sids += [sid] * n
-                numbers += range(first, first + n)
-                for p in events:
-                    ids.append(p.event_id)
-                    types.append(p.event_type)
-                    payloads.append(p.payload_json)
-                    metas.append(p.metadata_json)
-                    times.append(p.occurred_at)
-            rows = await conn.fetch(
-                self._sql_write, ids, sids, numbers, types, payloads, metas, times,
-                list(final), [v[0] for v in final.values()], [v[1] for v in final.values()],
-            )
-            for row in rows:
-                inserted[row[0]] = (row[1], row[2])
+            args, finals = self._write_args(writes, versions)
+            rows = await conn.fetch(self._sql_write, *args[6:], *args[3:6])
+            inserted = {row[0]: (row[1], row[2]) for row in rows}
+            self._remember(finals)
+        return self._results(decisions, inserted)
 
+    @staticmethod
+    def _results(
+        decisions: Sequence[Decision], inserted: dict[uuid.UUID, tuple[int, datetime]]
+    ) -> list[AppendResult | EventStoreError]:
         results: list[AppendResult | EventStoreError] = []
         for d in decisions:
             if isinstance(d, Write):
