@@ -105,7 +105,7 @@ async def _body(request: web.Request, timeout: float, max_depth: int) -> Any:
         raise RequestError(
             "SYS_EVSTORE_REQUEST_TIMEOUT", f"the request body did not arrive within {timeout:g} seconds"
         ) from None
-    except HttpProcessingError as exc:  # e.g. a broken chunked encoding: malformed HTTP is a 400
+    except HttpProcessingError as exc:  # malformed HTTP is a 400 (aiohttp answers most such itself)
         raise ValidationError(f"malformed request body: {exc.message}", field="body") from None
     except ConnectionError as exc:
         log.info("client went away while sending %s %s: %s", request.method, request.path, exc)
