@@ -24,7 +24,7 @@ from ._errors import (
     UnavailableError,
     ValidationError,
 )
-from ._json import MAX_JSON_DEPTH, decode_json_text, encode_json, parse_json
+from ._json import MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, decode_json_text, encode_json, parse_json
 from ._model import (
     NO_STREAM,
     AppendRequest,
@@ -50,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "MAX_JSON_DEPTH_LIMIT",
     "NO_STREAM",
     "Aggregate",
     "AggregateRepository",

@@ -23,25 +23,27 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 from ._errors import ValidationError
 
 #: Default greatest nesting depth of a JSON value (a scalar is 0, ``[]`` and ``{}`` are 1).
 MAX_JSON_DEPTH = 512
+#: The deepest any configuration may allow: Python's parser and encoder recurse (limit 1000).
+MAX_JSON_DEPTH_LIMIT = 900
 #: ``jsonb`` numbers are PostgreSQL numerics: at most this many digits after the decimal point.
 MAX_NUMERIC_SCALE = 16383
 
-# A JSON string literal (the "unrolled loop" form: linear, no backtracking), and the brackets
-# left once strings are removed.
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_BRACKETS = re.compile(r"[\[\]{}]")
-# A number that could overflow a double or exceed numeric's scale: an exponent, or 309+ digits.
-# It may also match inside a string; that only sends the text down the checked (slower) path.
-_RISKY_NUMBER = re.compile(r"[0-9][eE]|[0-9]{309}")
+# Every byte but the four brackets, and each bracket's step in depth (for deeper_than).
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = [0] * 256
+for _open in b"[{":
+    _DEPTH_STEP[_open] = 1
+for _close in b"]}":
+    _DEPTH_STEP[_close] = -1
 
 
 def _refuse_constant(name: str) -> Any:
@@ -69,26 +71,23 @@ def _short(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:12]}…{text[-8:]}"
 
 
-_FAST = json.JSONDecoder(parse_constant=_refuse_constant)
-_CHECKED = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_checked_float)
+# Every float literal goes through _checked_float: a Python call per float costs less than any
+# scan of the text for the few literals that need it.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_checked_float)
 
 
 def deeper_than(text: str, limit: int) -> bool:
     """Whether JSON ``text`` nests more than ``limit`` levels deep.
 
     Two C-level counts decide the usual case (no more brackets in all than ``limit``); otherwise
-    strings are cut out and the brackets followed."""
+    the strings are cut out (escaped backslashes and quotes first, then every other piece between
+    quotes) and the running depth over the remaining brackets is taken. Each step runs in C: a
+    regular expression or a Python loop over the text cost several times the parse itself."""
     if text.count("[") + text.count("{") <= limit:
         return False
-    depth = 0
-    for m in _BRACKETS.finditer(_STRING.sub("", text)):
-        if m.group() in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
+    outside = "".join(text.replace("\\\\", "").replace('\\"', "").split('"')[::2])
+    brackets = outside.encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > limit
 
 
 def _too_deep(field_name: str, max_depth: int) -> ValidationError:
@@ -115,9 +114,8 @@ def parse_json(text: str, field_name: str, max_depth: int = MAX_JSON_DEPTH, *, w
                 f"a value in the {field_name} is nested more than {max_depth} levels deep", field=field_name
             )
         raise _too_deep(field_name, max_depth)
-    decoder = _CHECKED if _RISKY_NUMBER.search(text) else _FAST
     try:
-        return decoder.decode(text)
+        return _DECODER.decode(text)
     except RecursionError:  # a max_depth configured beyond what Python's parser can nest
         raise _too_deep(field_name, max_depth) from None
     except ValueError as exc:

@@ -20,12 +20,11 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from k1s0_event_store import MAX_JSON_DEPTH_LIMIT
 from k1s0_event_store.schema import validate_identifier
 
 ENV_PREFIX = "EVENTSTORE_"
 DEFAULT_TOPIC = "k1s0.system.eventstore.event.published.v1"
-#: The deepest JSON the sidecar can be configured to accept (Python's recursion limit is 1000).
-MAX_JSON_DEPTH_LIMIT = 900
 
 
 class ConfigError(ValueError):
