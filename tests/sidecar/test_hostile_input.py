@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+import yarl
 
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
@@ -292,3 +293,16 @@ async def _in_flight_seen(http: aiohttp.ClientSession) -> bool:
     # later on another connection is answered, the earlier request's headers have been parsed.
     async with http.get("/healthz") as r:
         return r.status == 200
+
+
+@pytest.mark.parametrize("raw", ["%ED%A0%80", "%00", "%FF", "%C0%80", "a%E2%80%A8"])
+async def test_undecodable_or_control_text_in_urls_is_never_a_5xx(raw: str, http: aiohttp.ClientSession) -> None:
+    for method, path in (("GET", f"/api/v1/streams/s{raw}/events"), ("POST", f"/api/v1/streams/s{raw}/events"),
+                         ("GET", f"/api/v1/streams/s-1/events?event_type=E{raw}"),
+                         ("GET", f"/api/v1/events?stream_prefix=s{raw}&event_type=E{raw}"),
+                         ("GET", f"/api/v1/streams/s{raw}/snapshots/latest"),
+                         ("DELETE", f"/api/v1/streams/s{raw}")):
+        async with http.request(method, yarl.URL(path, encoded=True),
+                                json={"events": [{"event_type": "E", "payload": {}}]}) as r:
+            # (a sequence that is not UTF-8 stays percent-encoded in the id, which is then valid text)
+            assert r.status < 500, (method, path, r.status)
