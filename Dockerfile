@@ -13,7 +13,8 @@ RUN python -m venv /opt/k1s0
 WORKDIR /src
 # Dependencies first (a layer that survives source edits), then the package itself.
 COPY pyproject.toml README.md ./
-RUN /opt/k1s0/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt
+# ... with the otel extra: tracing is in the image, off until OTEL_* variables turn it on.
+RUN /opt/k1s0/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" > /tmp/requirements.txt
 RUN /opt/k1s0/bin/pip install -r /tmp/requirements.txt
 COPY sidecar/ sidecar/
 COPY operator/ operator/

@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Run the sidecar locally against an embedded PostgreSQL it starts itself (REST :8080, gRPC :9090).
+## Run the sidecar locally against an embedded PostgreSQL it starts itself (REST and the web console
+# /ui/ on :8080, gRPC on :9090; EVENTSTORE_SERVER_PORT / EVENTSTORE_SERVER_GRPC_PORT move them). Once
+# ready it prints the addresses and the database DSN and schema for the library.
 # auth.mode none is development only; the sidecar logs a loud warning and reports it on /readyz.
 run: $(STAMP)
 	EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} $(BIN)/k1s0-eventstore serve $(ARGS)
@@ -46,7 +48,10 @@ proto: $(STAMP)
 # benchmarks/results.json and docs/benchmarks.md. Needs Debian's wrk (REST load) and Go with grpc-go
 # (golang-go, golang-google-grpc-dev: the compiled gRPC load generator, built offline by the harness
 # into benchmarks/.build): installed here when running as root with apt-get, otherwise it stops and
-# says how. BENCH_ARGS="--only grpc" runs some cases only.
+# says how. The fleet group's peers (Message DB, Emmett) come from the npm registry: the harness runs
+# `npm ci` on benchmarks/node/package-lock.json into benchmarks/.build/node (Node.js and npm from apt
+# where absent). BENCH_ARGS="--only grpc" runs some cases only; BENCH_ARGS="--only fleet --baseline-rev
+# main~3" runs the fleet group with this tree's sidecar and main~3's side by side.
 BENCH_DEBS := wrk golang-go golang-google-grpc-dev
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP) pyproject.toml
@@ -64,6 +69,17 @@ bench: $(BENCH_STAMP)
 		else \
 			echo "make bench: the load generators' Debian packages are missing:" \
 				"sudo apt-get install -y --no-install-recommends $(BENCH_DEBS)" >&2; \
+			exit 2; \
+		fi; \
+	fi
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make bench: installing Debian's nodejs and npm (the fleet group's npm peers)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm \
+				>/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends nodejs npm; }; \
+		else \
+			echo "make bench: Node.js and npm are missing: sudo apt-get install -y nodejs npm" >&2; \
 			exit 2; \
 		fi; \
 	fi

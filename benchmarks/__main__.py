@@ -10,6 +10,7 @@ compiled one (to compare the two).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                              "client where Go is missing, instead of refusing to run")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the sidecar with py-spy during each sidecar case; profiles go to DIR")
+    parser.add_argument("--baseline-rev", default="", metavar="REV",
+                        help="also run the fleet's sidecar cases with the sidecar of git revision REV (a worktree "
+                             "under benchmarks/.build), reported side by side: e.g. --only fleet --baseline-rev main~3")
     args = parser.parse_args(argv)
     if args.profile:  # a profiled run's figures are not the benchmark's: keep them beside the profiles
         args.results, args.docs = args.profile / "results.json", args.profile / "docs"
@@ -45,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
             problems.append("Debian's `wrk` (the REST load generator) is not installed: sudo apt-get install -y wrk "
                             "(`make bench` installs it itself when run as root)")
         from .grpcgo import missing as go_missing
+        from .npmpeers import missing as npm_missing
 
         go = go_missing()
         if go:
             problems.append(f"the Go gRPC load generator cannot be built: {go} (`make bench` installs them itself "
                             "when run as root; with --allow-missing the Python grpc.aio client stands in)")
+        npm = npm_missing()
+        if npm:
+            problems.append(f"{npm} (`make bench` installs it itself when run as root)")
         for module, why in (("eventsourcing", "the peer cases"), ("matplotlib", "the plots")):
             if importlib.util.find_spec(module) is None:
                 problems.append(f"{module} ({why}) is not installed: pip install -e '.[bench]' (`make bench` does)")
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_missing or args.profile:
         settings = Settings(settings.quick, settings.timing, settings.wrk_timing, settings.only, args.allow_missing,
                             args.profile)
+    if args.baseline_rev:
+        settings = dataclasses.replace(settings, baseline_rev=args.baseline_rev)
 
     from . import report
     from .machine import describe
@@ -90,10 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "findings": findings_file.read_text() if findings_file.exists() else "",
     }
-    info["skipped_cases"] = {c.name: why for c, why in run.skipped.items()}
+    info["skipped_cases"] = {**{c.name: why for c, why in run.skipped.items()},
+                             **{c.name: why for c, why in run.fleet.skipped.items()}}
+    info["fleet_proxy_check"] = run.fleet.proxy_check or None
+    info["fleet_baseline"] = (
+        {"rev": settings.baseline_rev, "commit": run.fleet.baseline[0] if run.fleet.baseline else None,
+         "error": run.fleet.baseline_error or None} if settings.baseline_rev else None
+    )
     # (without --allow-missing a missing Go client fails the gRPC cases instead: they are listed as failed)
     info["grpc_go_missing"] = run.go_missing if settings.allow_missing else None
-    data = report.build(run.results, run.failures, info)
+    data = report.build(run.results, run.failures, info, run.fleet.results, run.fleet.failures)
     report.write(data, args.results, args.docs, with_plots=not args.no_plots)
     log(f"wrote {args.results} and {args.docs / 'benchmarks.md'} in {info['wall_s']} s")
     if args.profile:
@@ -105,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"profiles (py-spy collapsed stacks and *.top.txt summaries) in {args.profile}")
     for t in data["targets"]:
         log(f"target {'MET   ' if t['met'] else 'MISSED'} {t['target']} (worst {t['worst']})")
-    return 1 if run.failures else 0
+    return 1 if run.failures or run.fleet.failures else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ same rows in the same page size. Appends of the library and the sidecar are also
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 #: 1-event appends are measured at these client counts (the issue's 1, 8, 32, 128).
 CONCURRENCY = (1, 8, 32, 128)
@@ -116,15 +117,23 @@ def all_cases() -> list[Case]:
     return cases
 
 
+class Named(Protocol):
+    """A case of any group (``Case``, the fleet's ``FleetCase``): targets find its record by name."""
+
+    @property
+    def name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Target:
     """One line of the issue's targets: ``check`` names the cases; ``kind`` how they are judged."""
 
     text: str
-    #: ratio: case / baseline >= threshold; peer: case / peer >= threshold; max_ms / max_mib: value <= threshold
+    #: ratio: case / baseline >= threshold; peer: case / peer >= threshold; max_ms / max_mib: value <= threshold;
+    #: min: the record's ``metric`` >= threshold (a ratio the fleet group computes)
     kind: str
     threshold: float
-    cases: tuple[Case, ...]
+    cases: tuple[Named, ...]
     metric: str = ""
 
 

@@ -198,6 +198,16 @@ async def closed_loop(clients: int, op: Operation, window: Window) -> WorkerResu
     return result
 
 
+#: How long a load generator keeps its database connections after the window: the harness samples
+#: PostgreSQL's backends at the window's end, and a backend that has exited by then is not counted.
+LINGER_S = 0.5
+
+
+async def linger(window: Window) -> None:
+    """Wait until ``LINGER_S`` past the window before closing connections (see ``LINGER_S``)."""
+    await asyncio.sleep(max(0.0, window.until + LINGER_S - time.time()))
+
+
 def read_spec() -> dict[str, Any]:
     """The spec a worker was started with (its one command-line argument, JSON)."""
     if len(sys.argv) != 2:

@@ -36,6 +36,7 @@ from .common import (
     await_window,
     closed_loop,
     emit,
+    linger,
     payload,
     payload_json,
     read_spec,
@@ -91,7 +92,9 @@ async def _raw_append(spec: dict[str, Any]) -> WorkerResult:
 
     window = await_window()
     try:
-        return await closed_loop(clients, op, window)
+        result = await closed_loop(clients, op, window)
+        await linger(window)
+        return result
     finally:
         await pool.close()
 

@@ -94,7 +94,8 @@ def requests(spec: dict[str, Any]) -> tuple[list[bytes], str, int, int]:
         per = int(spec["events"])
         chooser = StreamChooser(spec["distribution"], int(spec["seed"]) * 1000, spec.get("prefix", "grpc"))
         n, size = 0, 0
-        while len(out) < MAX_REQUESTS and size < MAX_REQUEST_BYTES:
+        limit = int(spec.get("max_requests", MAX_REQUESTS))  # (fewer: quicker to prepare, for short runs)
+        while len(out) < limit and size < MAX_REQUEST_BYTES:
             request = pb.AppendEventsRequest(
                 stream_id=chooser.next(),
                 events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k).encode())
@@ -126,7 +127,7 @@ def main() -> None:
             f.write(struct.pack(">I", len(r)))
             f.write(r)
     go_spec = {
-        "target": spec["target"], "method": method, "clients": int(spec["clients"]),
+        "target": spec["target"], "targets": spec.get("targets", []), "method": method, "clients": int(spec["clients"]),
         "per_connection": int(spec.get("per_connection", CLIENTS_PER_CONNECTION)), "requests": path,
         "delete_requests": True, "events_per_call": per, "count_field": field,
     }

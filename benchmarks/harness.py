@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,18 +67,30 @@ class Measurement:
         return self.ops / self.duration_s if self.duration_s else 0.0
 
 
+#: The server under test: one process, several (a fleet of sidecars: their CPU is summed, the RSS
+#: is the largest one's), or None (cases straight to PostgreSQL).
+ServerPids = int | Sequence[int] | None
+
+
 class Monitor(threading.Thread):
-    """Samples CPU time of the server (and PostgreSQL) at the window's edges, and the server's peak RSS."""
+    """Samples CPU time of the server (and PostgreSQL) at the window's edges, and the server's peak RSS.
+
+    ``others`` names further processes whose CPU is sampled the same way and reported in the
+    measurement's ``extra`` as ``<name>_cpu_pct`` (the fleet's delay proxy)."""
 
     def __init__(
-        self, server_pid: int | None, postgres_pid: int | None, start_at: float, until: float,
-        profile: Path | None = None,
+        self, server_pid: ServerPids, postgres_pid: int | None, start_at: float, until: float,
+        profile: Path | None = None, others: dict[str, Sequence[int]] | None = None,
     ) -> None:
         super().__init__(daemon=True)
+        pids = [] if server_pid is None else [server_pid] if isinstance(server_pid, int) else list(server_pid)
         self.sampler = (
-            Sampler(server_pid, start_at, until - start_at, profile) if profile is not None and server_pid else None
+            Sampler(pids[0], start_at, until - start_at, profile) if profile is not None and pids else None
         )
-        self.server = psutil.Process(server_pid) if server_pid else None
+        self.servers = [psutil.Process(pid) for pid in pids]
+        self.server = self.servers[0] if self.servers else None
+        self.others = {name: [psutil.Process(pid) for pid in group] for name, group in (others or {}).items()}
+        self.others_cpu: list[dict[str, float]] = []
         self.postgres_pid = postgres_pid
         # the last sample is taken a little before the window ends: at its end the load generators
         # finish and close their connections, and backends that exit drop out of the sum
@@ -112,37 +125,45 @@ class Monitor(threading.Thread):
                 pass
         return times
 
+    @staticmethod
+    def _cpu(procs: Sequence[psutil.Process]) -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += float(t.user + t.system)
+            except psutil.Error:
+                pass
+        return total
+
     def _server_cpu(self) -> float:
-        if self.server is None:
-            return 0.0
-        try:
-            t = self.server.cpu_times()
-            return float(t.user + t.system)
-        except psutil.Error:
-            return 0.0
+        return self._cpu(self.servers)
+
+    def _sample(self) -> None:
+        self.server_cpu.append(self._server_cpu())
+        self.pg_cpu.append(self._pg_cpu())
+        self.others_cpu.append({name: self._cpu(group) for name, group in self.others.items()})
+        self.sampled_at.append(time.time())
 
     def run(self) -> None:
         if self.sampler is not None:
             self.sampler.start()
         time.sleep(max(0.0, self.start_at - time.time()))
-        self.server_cpu.append(self._server_cpu())
-        self.pg_cpu.append(self._pg_cpu())
-        self.sampled_at.append(time.time())
+        self._sample()
         while time.time() < self.until:
-            if self.server is not None:
+            for server in self.servers:
                 try:
-                    self.rss_peak = max(self.rss_peak, self.server.memory_info().rss)
+                    self.rss_peak = max(self.rss_peak, server.memory_info().rss)
                 except psutil.Error:
                     pass
             time.sleep(min(0.2, max(0.0, self.until - time.time())))
-        self.server_cpu.append(self._server_cpu())
-        self.pg_cpu.append(self._pg_cpu())
-        self.sampled_at.append(time.time())
+        self._sample()
         if self.sampler is not None:
             self.sampler.join()
 
     def fill(self, m: Measurement) -> None:
-        span = self.until - self.start_at
+        # the interval between the two samples as taken (on a busy machine they can be late)
+        span = self.sampled_at[1] - self.sampled_at[0] if len(self.sampled_at) == 2 else self.until - self.start_at
         if self.server is not None and len(self.server_cpu) == 2:
             m.server_cpu_pct = 100.0 * (self.server_cpu[1] - self.server_cpu[0]) / span
             m.server_rss_mib = self.rss_peak / (1024 * 1024)
@@ -152,6 +173,9 @@ class Monitor(threading.Thread):
             before, after = self.pg_cpu
             used = sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
             m.postgres_cpu_pct = 100.0 * used / span
+        if len(self.others_cpu) == 2:
+            for name in self.others:
+                m.extra[f"{name}_cpu_pct"] = 100.0 * (self.others_cpu[1][name] - self.others_cpu[0][name]) / span
 
 
 def _python_env() -> dict[str, str]:
@@ -166,9 +190,10 @@ def run_processes(
     jobs: list[tuple[str, dict[str, Any]]],
     timing: Timing,
     *,
-    server_pid: int | None,
+    server_pid: ServerPids,
     postgres_pid: int | None,
     profile: Path | None = None,
+    others: dict[str, Sequence[int]] | None = None,
 ) -> tuple[list[WorkerResult], Monitor, list[str]]:
     """Start one ``python -m benchmarks.<module>`` per job; once all say READY, send them one common
     window; wait; return their results (a failed process gives an empty result and a message)."""
@@ -197,7 +222,7 @@ def run_processes(
         p.stdin.write(window + "\n")
         p.stdin.flush()
     monitor = Monitor(server_pid, postgres_pid, begin_at + timing.warmup, begin_at + timing.warmup + timing.duration,
-                      profile)
+                      profile, others)
     monitor.start()
     limit = START_MARGIN + timing.warmup + timing.duration + 90
     results: list[WorkerResult] = []
@@ -241,12 +266,13 @@ def measurement(
 
 
 def run_workers(
-    module: str, specs: list[dict[str, Any]], timing: Timing, *, server_pid: int | None, postgres_pid: int | None,
-    profile: Path | None = None,
+    module: str, specs: list[dict[str, Any]], timing: Timing, *, server_pid: ServerPids, postgres_pid: int | None,
+    profile: Path | None = None, others: dict[str, Sequence[int]] | None = None,
 ) -> Measurement:
     """One case whose processes all run the same load generator: their results merged."""
     results, monitor, failures = run_processes(
-        [(module, s) for s in specs], timing, server_pid=server_pid, postgres_pid=postgres_pid, profile=profile
+        [(module, s) for s in specs], timing, server_pid=server_pid, postgres_pid=postgres_pid, profile=profile,
+        others=others,
     )
     return measurement(results, timing, monitor, failures)
 
@@ -263,28 +289,35 @@ def run_wrk(
     args: list[str],
     *,
     events_per_ok: int,
-    server_pid: int | None,
+    server_pid: ServerPids,
     postgres_pid: int | None,
     profile: Path | None = None,
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+    others: dict[str, Sequence[int]] | None = None,
 ) -> Measurement:
-    """Debian's wrk (C, LuaJIT) against the REST edge: a warm-up run, then the measured run."""
+    """Debian's wrk (C, LuaJIT) against the REST edge: a warm-up run, then the measured run.
+
+    ``threads`` overrides the thread count (2, or 1 for one connection); ``env`` is added to wrk's
+    environment (``K1S0_WRK_TARGETS`` spreads the threads over several servers, see ``append.lua``)."""
     wrk = wrk_binary()
     if wrk is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    threads = max(1, min(2, connections))
+    threads = threads or max(1, min(2, connections))
+    wrk_env = {**os.environ, **env} if env else None
 
     def command(seconds: float) -> list[str]:
         return [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, math.ceil(seconds))}s",
                 "--timeout", "30s", "-s", str(WRK_DIR / script), url, "--", *args]
 
     if timing.warmup > 0:
-        subprocess.run(command(timing.warmup), capture_output=True, text=True, check=False)
+        subprocess.run(command(timing.warmup), capture_output=True, text=True, check=False, env=wrk_env)
     duration = max(1, math.ceil(timing.duration))
     start = time.time() + 0.3
-    monitor = Monitor(server_pid, postgres_pid, start, start + duration, profile)
+    monitor = Monitor(server_pid, postgres_pid, start, start + duration, profile, others)
     monitor.start()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(command(duration), capture_output=True, text=True, check=False)
+    done = subprocess.run(command(duration), capture_output=True, text=True, check=False, env=wrk_env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     monitor.join()
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCHJSON ")), None)

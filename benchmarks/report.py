@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import fleet
 from .cases import CONCURRENCY, FLOOR_CONCURRENCY, LAG_RATE, READ_STREAM_LENGTH, Case, Target, all_cases, targets
 from .harness import Measurement
 
@@ -90,7 +91,7 @@ def judge(target: Target, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
             values.append((case.name, r.get(target.metric)))
     measured = [v for _, v in values if v is not None]
     complete = bool(measured) and len(measured) == len(values)
-    if target.kind in {"ratio", "peer"}:
+    if target.kind in {"ratio", "peer", "min"}:
         worst = min(measured) if complete else None
         met = worst is not None and worst >= target.threshold
     else:  # a case without a finite value (an undelivered event) is the worst of all
@@ -106,15 +107,25 @@ def judge(target: Target, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build(results: dict[Case, Measurement], failures: dict[Case, str], run_info: dict[str, Any]) -> dict[str, Any]:
+def build(
+    results: dict[Case, Measurement], failures: dict[Case, str], run_info: dict[str, Any],
+    fleet_results: dict[fleet.FleetCase, Measurement] | None = None,
+    fleet_failures: dict[fleet.FleetCase, str] | None = None,
+) -> dict[str, Any]:
     order = all_cases()
     records = [case_record(c, results[c], results) for c in order if c in results]
+    fleet_results = fleet_results or {}
+    fleet_order = fleet.fleet_cases(baseline=True)
+    fleet_records = [fleet.record(c, fleet_results[c]) for c in fleet_order if c in fleet_results]
+    fleet.add_ratios(fleet_records, {c.name: c for c in fleet_order})
+    records += fleet_records
     by_name = {r["name"]: r for r in records}
     return {
         "run": run_info,
         "cases": records,
-        "failed_cases": {c.name: why for c, why in failures.items()},
-        "targets": [judge(t, by_name) for t in targets()],
+        "failed_cases": {**{c.name: why for c, why in failures.items()},
+                         **{c.name: why for c, why in (fleet_failures or {}).items()}},
+        "targets": [judge(t, by_name) for t in [*targets(), *fleet.fleet_targets()]],
     }
 
 
@@ -193,6 +204,38 @@ def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     made.append(path)
+
+    fleet_rows = [r for r in cases if r["group"] == "fleet" and r["events_per_request"] == 1
+                  and r["distribution"] == "uniform"]
+    if fleet_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, proxied in zip(axes, (False, True), strict=True):
+            rows = [r for r in fleet_rows if bool(r["proxy_delay_ms"]) == proxied]
+            for target, label in fleet.TARGET_LABELS.items():
+                for build in (fleet.CURRENT, fleet.BASELINE):
+                    line = sorted((r for r in rows if r["target"] == target and r["build"] == build),
+                                  key=lambda r: r["processes"])
+                    if not line:
+                        continue
+                    name = label + (" (baseline build)" if build == fleet.BASELINE else "")
+                    if target == "raw-insert":  # one layout: a level to compare with
+                        ax.axhline(line[0]["events_per_s"], color="grey", linestyle="--", label=name)
+                        continue
+                    ax.plot([r["processes"] for r in line], [r["events_per_s"] for r in line], marker="o",
+                            linestyle=":" if build == fleet.BASELINE else "-", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([p for p, _ in fleet.LAYOUTS], [f"{p} x {k}" for p, k in fleet.LAYOUTS])
+            ax.set_xlabel("writer processes x clients each (32 clients)")
+            ax.set_ylabel("1-event appends/s, distinct streams")
+            ax.set_title(f"Fleet{f', via the {fleet.PROXY_DELAY_MS} ms proxy' if proxied else ''}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = img_dir / "bench-fleet.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
     return made
 
 
@@ -318,6 +361,7 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         "  by the same load generators. They show the most appends per second each edge can answer on",
         "  this machine, whatever the store behind it does: the ceiling of the sidecar's edges, to set",
         "  against the raw database rate.",
+        *fleet.method_lines(),
         f"- Subscription delivery and Kafka forwarding: {LAG_RATE:,.0f} events/s of paced (open loop) gRPC appends,",
         "  as 1-event and as 10-event requests, each event carrying its send time; a gRPC `SubscribeToAll`",
         "  subscriber and a Kafka consumer (Tansu broker) record receive time minus send time. The sidecar",
@@ -329,7 +373,7 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
         "| --- | --- | --- | --- |",
     ]
     for t in data["targets"]:
-        unit = "x" if t["kind"] in {"ratio", "peer"} else (" ms" if t["kind"] == "max_ms" else " MiB")
+        unit = "x" if t["kind"] in {"ratio", "peer", "min"} else (" ms" if t["kind"] == "max_ms" else " MiB")
         worst = "not measured (or not finite)" if t["worst"] is None else f"{t['worst']:.2f}{unit}"
         per_case = "; ".join(
             f"{name.split(':')[0]} {_short(name)}: {'-' if v is None else f'{v:.2f}'}"
@@ -362,6 +406,10 @@ def markdown(data: dict[str, Any], images: list[Path], docs_dir: Path) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += _floor_table(data)
+    baseline_run = run.get("fleet_baseline") or {}
+    lines += fleet.markdown([r for r in data["cases"] if r["group"] == "fleet"],
+                            f"{baseline_run['rev']} ({(baseline_run.get('commit') or '?')[:12]})"
+                            if baseline_run.get("rev") else None, run.get("fleet_proxy_check"))
     lag = [r for r in data["cases"] if r["operation"] == "lag"]
     if lag:
         lines += [

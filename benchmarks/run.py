@@ -32,7 +32,7 @@ from k1s0_event_store.schema import migrate
 from tests.support.postgres import LocalPostgres, free_port
 from tests.support.sidecar import ServedSidecar
 
-from . import grpcgo
+from . import grpcgo, otelsink
 from .cases import FLOOR_TARGETS, LAG_RATE, READ_STREAM, READ_STREAM_LENGTH, Case, all_cases
 from .common import EVENT_TYPE, SEED, latency_summary, payload
 from .dbload import raw_table_ddl
@@ -58,6 +58,8 @@ class Settings:
     allow_missing: bool = False
     #: a folder: sample the sidecar with py-spy during each sidecar case and write its profile there
     profile_dir: Path | None = None
+    #: a git revision: the fleet's sidecar cases also run with the sidecar built from it (before/after)
+    baseline_rev: str = ""
 
     @classmethod
     def from_env(cls, quick: bool | None = None, only: str = "") -> Settings:
@@ -94,6 +96,10 @@ class Run:
         self._go_client: Path | None = None
         self.floor: tuple[subprocess.Popen[str], str, str] | None = None
         self.go_missing: str | None = None
+        from .fleetrun import FleetRun
+
+        #: the fleet group (issue #16): its cases, results and failures are its own
+        self.fleet = FleetRun(self)
 
     def go_client(self) -> Path | None:
         """The compiled gRPC load generator; None (the Python client is used) when Go is missing here
@@ -155,6 +161,14 @@ class Run:
 
     @contextlib.contextmanager
     def served(self, schema: str, env: dict[str, str] | None = None) -> Iterator[ServedSidecar]:
+        with otelsink.sink() as tracing:  # BENCH_TRACING=1: spans exported to a local sink
+            if tracing:
+                log("tracing on (BENCH_TRACING=1): every span exported over OTLP/HTTP")
+            with self._served(schema, {**tracing, **(env or {})}) as sidecar:
+                yield sidecar
+
+    @contextlib.contextmanager
+    def _served(self, schema: str, env: dict[str, str] | None = None) -> Iterator[ServedSidecar]:
         sidecar = ServedSidecar(
             self.dsn, schema,
             env={"EVENTSTORE_LOG_LEVEL": "WARNING", "EVENTSTORE_DATABASE_MIN_CONNECTIONS": "5", **(env or {})},
@@ -415,6 +429,7 @@ class Run:
             for case in cases:
                 if case.target == "lag":
                     self.measure_lag(case)
+            self.fleet.run_all()
 
 
 

@@ -38,6 +38,9 @@ import (
 
 type spec struct {
 	Target string `json:"target"`
+	// several servers (the fleet cases): connection j goes to Targets[j*len(Targets)/connections],
+	// so with clients a multiple of per_connection x len(Targets) each server gets an equal share
+	Targets []string `json:"targets"`
 	// full method name, e.g. /k1s0.system.eventstore.v1.EventStoreService/AppendEvents
 	Method  string `json:"method"`
 	Clients int    `json:"clients"`
@@ -185,7 +188,10 @@ func main() {
 	if err := json.Unmarshal([]byte(os.Args[1]), &s); err != nil {
 		fail("bad spec: %v", err)
 	}
-	if s.Clients < 1 || s.Method == "" || s.Target == "" {
+	if len(s.Targets) == 0 {
+		s.Targets = []string{s.Target}
+	}
+	if s.Clients < 1 || s.Method == "" || s.Targets[0] == "" {
 		fail("spec needs target, method and clients >= 1")
 	}
 	if s.PerConnection < 1 {
@@ -210,12 +216,13 @@ func main() {
 		// WithInsecure (plaintext); each Dial is its own HTTP/2 connection
 		// Fixed flow-control windows (16 MiB) turn off grpc-go's bandwidth estimator, which would
 		// otherwise send a PING (and read its ack) after received data: extra syscalls per call.
-		conn, err := grpc.DialContext(ctx, s.Target, grpc.WithInsecure(), grpc.WithBlock(),
+		target := s.Targets[i*len(s.Targets)/len(conns)]
+		conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
 			grpc.WithInitialWindowSize(16<<20), grpc.WithInitialConnWindowSize(16<<20),
 			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{}), grpc.MaxCallRecvMsgSize(64*1024*1024)))
 		cancel()
 		if err != nil {
-			fail("connecting to %s: %v", s.Target, err)
+			fail("connecting to %s: %v", target, err)
 		}
 		conns[i] = conn
 	}

@@ -2,14 +2,25 @@
 -- Arguments (after --): distribution (uniform|zipf|hot) events-per-request expected(0|1) seed prefix payload-json
 -- "expected" tracks the stream's version (hot stream: one shared value per wrk thread) and sends
 -- expected_version; 409 answers are counted as conflicts and teach the current version.
+-- K1S0_WRK_TARGETS spreads the threads over several sidecars (see setup()).
 -- done() prints one line "BENCHJSON {...}" with percentiles (ms) and per-outcome counts.
 
 local threads = {}
 local next_id = 0
 
+-- K1S0_WRK_TARGETS="host:port,host:port,..." (the fleet cases): thread i connects to target
+-- ((i - 1) mod #targets) + 1 instead of the URL's address, so one wrk spreads its threads, and the
+-- connections of each, evenly over several sidecars and reports one latency distribution.
+local targets = {}
+for hostport in string.gmatch(os.getenv("K1S0_WRK_TARGETS") or "", "[^,]+") do
+  local host, port = string.match(hostport, "^(.+):(%d+)$")
+  table.insert(targets, wrk.lookup(host, port)[1])
+end
+
 function setup(thread)
   next_id = next_id + 1
   thread:set("tid", next_id)
+  if #targets > 0 then thread.addr = targets[((next_id - 1) % #targets) + 1] end
   table.insert(threads, thread)
 end
 

@@ -16,6 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
+from k1s0_event_store.kafka_security import KafkaSecurity, KafkaSecurityError, explain_bootstrap_failure
+
 from ._spec import TopicSpec
 
 REQUEST_TIMEOUT_MS = 10_000
@@ -43,20 +45,34 @@ def _describe(exc: BaseException) -> str:
 class Admin:
     """A started admin client for one reconciliation (``async with Admin(brokers) as admin``)."""
 
-    def __init__(self, brokers: Sequence[str], security_protocol: str = "PLAINTEXT") -> None:
+    def __init__(self, brokers: Sequence[str], security: KafkaSecurity | None = None) -> None:
+        self._brokers = list(brokers)
+        # Built per reconciliation: a rotated SASL password file is read again. Settings that went
+        # bad since start-up (a deleted CA file) are reported by __aenter__ like an outage.
+        self._invalid: KafkaSecurityError | None = None
+        try:
+            self._options = (security or KafkaSecurity()).client_options()
+        except KafkaSecurityError as exc:
+            self._invalid, self._options = exc, {}
         self._client = AIOKafkaAdminClient(
-            bootstrap_servers=list(brokers),
-            security_protocol=security_protocol,
+            bootstrap_servers=self._brokers,
             request_timeout_ms=REQUEST_TIMEOUT_MS,
             client_id="k1s0-eventstore-operator",
+            **self._options,
         )
 
     async def __aenter__(self) -> Admin:
+        if self._invalid is not None:
+            raise BrokerUnavailable(f"Kafka settings: {self._invalid}")
         try:
             await self._client.start()
-        except (KafkaError, OSError) as exc:
+        except Exception as exc:  # SASL failures can surface as KeyError/ValueError from aiokafka
             await self._close_quietly()
-            raise BrokerUnavailable(f"Kafka is unavailable: {_describe(exc)}") from None
+            _, why = await explain_bootstrap_failure(
+                exc, self._brokers, self._options, client_id="k1s0-eventstore-operator",
+                request_timeout_ms=REQUEST_TIMEOUT_MS,
+            )
+            raise BrokerUnavailable(f"Kafka is unavailable: {why}") from None
         return self
 
     async def __aexit__(self, *exc: object) -> None:

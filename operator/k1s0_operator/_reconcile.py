@@ -149,7 +149,7 @@ async def reconcile(
         )
     else:
         try:
-            async with _kafka.Admin(runtime.brokers, runtime.config.kafka.security_protocol) as admin:
+            async with _kafka.Admin(runtime.brokers, runtime.config.kafka.security) as admin:
                 existing = await admin.existing()
                 outcomes = [await admin.ensure(t, existing) for t in s.topics]
         except _kafka.BrokerUnavailable as exc:
@@ -225,7 +225,7 @@ async def delete(*, body: kopf.Body, runtime: Runtime, retry: int) -> None:
         in_use = _topics_used_by_others(await runtime.kube.eventstreams(), meta.get("uid"))
         kept = sorted(mine & in_use)
         if runtime.brokers and claimed == s.schema:
-            async with _kafka.Admin(runtime.brokers, runtime.config.kafka.security_protocol) as admin:
+            async with _kafka.Admin(runtime.brokers, runtime.config.kafka.security) as admin:
                 deleted = await admin.delete(mine - in_use)
             if deleted:
                 kopf.info(body, reason="TopicsDeleted", message=f"topics {', '.join(deleted)} deleted")

@@ -40,7 +40,12 @@ def sidecar_config(base: Config, spec: StreamSpec) -> Config:
     """The sidecar's configuration for one EventStream: the operator's defaults plus the spec."""
     c = with_section(base, "app", name=spec.name)
     c = with_section(c, "database", url="", schema=spec.schema, migrate=False)
-    c = with_section(c, "kafka", topic_published=spec.topic, routes=dict(spec.routes))
+    # The operator's own Kafka credentials and file paths never reach a sidecar: each gets the
+    # EventStream's (spec.kafka.credentials, injected by the webhook as EVENTSTORE_KAFKA_*).
+    c = with_section(
+        c, "kafka", topic_published=spec.topic, routes=dict(spec.routes), sasl_username="", sasl_password="",
+        sasl_password_file="", ssl_ca_file="", ssl_cert_file="", ssl_key_file="",
+    )
     return with_section(
         c,
         "event_store",

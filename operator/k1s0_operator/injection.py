@@ -12,6 +12,10 @@ module plain dictionaries; tests call it directly. What is injected, and why:
   container (``exec``); with ``bind_address: 0.0.0.0`` they are plain HTTP probes.
 * The EventStream's Secret (``EVENTSTORE_DATABASE_URL``, the stream's least-privilege role) as
   ``envFrom`` and its ConfigMap's ``config.yaml`` mounted read-only; no credentials in the pod spec.
+* Kafka credentials (``spec.kafka.credentials``): the keys the EventStream names of a Secret in the
+  pod's namespace, mounted read-only at ``/etc/k1s0-eventstore/kafka`` with ``EVENTSTORE_KAFKA_*``
+  variables pointing at them (the user name comes from the Secret as a variable). A named key
+  missing from the Secret keeps the pod from starting, and the kubelet says which.
 * Image and resources: settings (chart values) < ``spec.sidecar`` of the EventStream < the pod's
   annotations ``eventstore.k1s0.io/sidecar-image`` / ``eventstore.k1s0.io/sidecar-resources`` (JSON).
 * Non-root, no privilege escalation, all capabilities dropped, read-only root filesystem (an
@@ -44,6 +48,15 @@ CONFIG_VOLUME = "k1s0-eventstore-config"
 TMP_VOLUME = "k1s0-eventstore-tmp"
 CONFIG_DIR = "/etc/k1s0-eventstore"
 CONFIG_KEY = "config.yaml"
+KAFKA_VOLUME = "k1s0-eventstore-kafka"
+KAFKA_DIR = "/etc/k1s0-eventstore/kafka"
+#: spec.kafka.credentials key -> the sidecar setting it feeds, as a file in KAFKA_DIR.
+KAFKA_FILE_KEYS = {
+    "passwordKey": "EVENTSTORE_KAFKA_SASL_PASSWORD_FILE",
+    "caKey": "EVENTSTORE_KAFKA_SSL_CA_FILE",
+    "certKey": "EVENTSTORE_KAFKA_SSL_CERT_FILE",
+    "keyKey": "EVENTSTORE_KAFKA_SSL_KEY_FILE",
+}
 REST_PORT_NAME = "es-http"
 GRPC_PORT_NAME = "es-grpc"
 
@@ -54,6 +67,7 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
 }
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -75,6 +89,8 @@ class InjectionSettings:
     run_as_user: int = 10001
     #: How long the startup probe waits for ``/readyz`` (the database) before the kubelet restarts it.
     startup_timeout_seconds: int = 120
+    #: The sidecar's ``OTEL_*`` variables (tracing), from the operator's ``EVENTSTORE_SIDECAR_OTEL_*``.
+    otel_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> InjectionSettings:
@@ -96,7 +112,27 @@ class InjectionSettings:
             rest_port=_port(env, "EVENTSTORE_SIDECAR_REST_PORT", 8080),
             grpc_port=_port(env, "EVENTSTORE_SIDECAR_GRPC_PORT", 9090),
             resources=resources,
+            otel_env=tuple(sorted(
+                (key.removeprefix("EVENTSTORE_SIDECAR_"), value) for key, value in env.items()
+                if key.startswith("EVENTSTORE_SIDECAR_OTEL_") and value
+            )),
         )
+
+
+def _otel_env(settings: InjectionSettings) -> list[dict[str, Any]]:
+    """The tracing variables of the sidecar: the configured ``OTEL_*``, with the pod and namespace
+    added to the resource attributes (Kubernetes expands ``$(VAR)`` from earlier entries)."""
+    if not settings.otel_env:
+        return []
+    configured = dict(settings.otel_env)
+    extra = configured.pop("OTEL_RESOURCE_ATTRIBUTES", "")
+    attributes = "k8s.namespace.name=$(K1S0_POD_NAMESPACE),k8s.pod.name=$(K1S0_POD_NAME)"
+    return [
+        {"name": "K1S0_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "K1S0_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *({"name": k, "value": v} for k, v in configured.items()),
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": f"{attributes},{extra}" if extra else attributes},
+    ]
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -123,6 +159,8 @@ class StreamTarget:
     config_map_name: str
     image: str | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
+    #: ``spec.kafka.credentials``: secretName and the named keys (usernameKey, passwordKey, ...).
+    kafka_credentials: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -151,6 +189,7 @@ class StreamTarget:
             ready, reason = False, "Ready, but status.secretName/status.configMapName are not set"
         image = sidecar.get("image")
         resources = sidecar.get("resources") or {}
+        credentials = (spec.get("kafka") or {}).get("credentials") or {}
         return cls(
             namespace=str(meta.get("namespace") or ""),
             name=str(meta.get("name") or ""),
@@ -160,7 +199,41 @@ class StreamTarget:
             config_map_name=config_map_name,
             image=str(image) if image else None,
             resources=resources if isinstance(resources, Mapping) else {},
+            kafka_credentials=(
+                {str(k): str(v) for k, v in credentials.items() if v} if isinstance(credentials, Mapping) else {}
+            ),
         )
+
+
+def _kafka_credentials(stream: StreamTarget) -> Mapping[str, str]:
+    """The EventStream's Kafka Secret reference, checked (the CRD's schema says the same)."""
+    creds = stream.kafka_credentials
+    if not creds:
+        return {}
+    name = creds.get("secretName", "")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.match(part) for part in name.split(".")):
+        raise InjectionRefused(f"{stream.ref}: spec.kafka.credentials.secretName {name!r} is not a Secret name")
+    for key, value in creds.items():
+        if key != "secretName" and (not _SECRET_KEY.match(value) or value in {".", ".."}):
+            raise InjectionRefused(f"{stream.ref}: spec.kafka.credentials.{key} {value!r} is not a Secret key")
+    return creds
+
+
+def _kafka_env(creds: Mapping[str, str]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if creds.get("usernameKey"):
+        env.append({
+            "name": "EVENTSTORE_KAFKA_SASL_USERNAME",
+            "valueFrom": {"secretKeyRef": {"name": creds["secretName"], "key": creds["usernameKey"]}},
+        })
+    for key, variable in KAFKA_FILE_KEYS.items():
+        if creds.get(key):
+            env.append({"name": variable, "value": f"{KAFKA_DIR}/{creds[key]}"})
+    return env
+
+
+def _kafka_files(creds: Mapping[str, str]) -> list[str]:
+    return list(dict.fromkeys(creds[k] for k in KAFKA_FILE_KEYS if creds.get(k)))
 
 
 def stream_name(pod: Mapping[str, Any]) -> str:
@@ -238,6 +311,7 @@ def sidecar_container(
     """The container spec injected into ``pod`` for ``stream``."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     image = annotations.get(IMAGE_ANNOTATION) or stream.image or settings.image
+    kafka = _kafka_credentials(stream)
     period = 2
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
@@ -254,10 +328,13 @@ def sidecar_container(
             {"name": "EVENTSTORE_SERVER_PORT", "value": str(settings.rest_port)},
             {"name": "EVENTSTORE_SERVER_GRPC_PORT", "value": str(settings.grpc_port)},
             {"name": "EVENTSTORE_DATABASE_MIGRATE", "value": "false"},
+            *_kafka_env(kafka),
+            *_otel_env(settings),
         ],
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *([{"name": KAFKA_VOLUME, "mountPath": KAFKA_DIR, "readOnly": True}] if _kafka_files(kafka) else []),
         ],
         "resources": merged_resources(settings, stream, annotations),
         "startupProbe": _probe(
@@ -283,13 +360,20 @@ def sidecar_container(
 
 
 def _volumes(stream: StreamTarget) -> list[dict[str, Any]]:
-    return [
+    volumes: list[dict[str, Any]] = [
         {
             "name": CONFIG_VOLUME,
             "configMap": {"name": stream.config_map_name, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]},
         },
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
     ]
+    kafka = _kafka_credentials(stream)
+    files = _kafka_files(kafka)
+    if files:
+        # Only the named keys: nothing else of the Secret lands in the sidecar's filesystem.
+        items = [{"key": f, "path": f} for f in files]
+        volumes.append({"name": KAFKA_VOLUME, "secret": {"secretName": kafka["secretName"], "items": items}})
+    return volumes
 
 
 def _check_conflicts(spec: Mapping[str, Any], settings: InjectionSettings, stream: StreamTarget) -> None:
@@ -308,7 +392,7 @@ def _check_conflicts(spec: Mapping[str, Any], settings: InjectionSettings, strea
             if port.get("name") in {REST_PORT_NAME, GRPC_PORT_NAME}:
                 raise InjectionRefused(f"container {c.get('name')!r} uses the port name {port['name']!r}")
     names = {v.get("name") for v in spec.get("volumes") or []}
-    for volume in (CONFIG_VOLUME, TMP_VOLUME):
+    for volume in (CONFIG_VOLUME, TMP_VOLUME, KAFKA_VOLUME):
         if volume in names:
             raise InjectionRefused(f"the pod already has a volume named {volume!r}")
 

@@ -25,6 +25,7 @@ from ._errors import (
     ValidationError,
 )
 from ._json import MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, decode_json_text, encode_json, parse_json
+from ._listing import StreamList, StreamSummary
 from ._model import (
     NO_STREAM,
     AppendRequest,
@@ -42,6 +43,7 @@ from ._model import (
 )
 from .aggregates import Aggregate, AggregateRepository
 from .consumer import EventConsumer, PublishedEvent, ensure_consumer_tables
+from .kafka_security import KafkaSecurity, KafkaSecurityError
 from .stores.memory import InMemoryEventStore, InMemorySnapshotStore
 from .stores.postgres import PostgresEventStore, PostgresSnapshotStore, create_pool
 from .stores.remote import GrpcEventStore, GrpcSnapshotStore
@@ -72,6 +74,8 @@ __all__ = [
     "GrpcSnapshotStore",
     "InMemoryEventStore",
     "InMemorySnapshotStore",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "NotFoundError",
     "PermissionDeniedError",
     "PostgresEventStore",
@@ -82,8 +86,10 @@ __all__ = [
     "SnapshotStore",
     "StreamAlreadyExistsError",
     "StreamId",
+    "StreamList",
     "StreamNotFoundError",
     "StreamPage",
+    "StreamSummary",
     "UnauthenticatedError",
     "UnavailableError",
     "ValidationError",

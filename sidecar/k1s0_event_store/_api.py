@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ._errors import EventStoreError
+from ._listing import StreamList
 from ._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage, prepare_append
 
 
@@ -98,6 +99,14 @@ class EventStore(ABC):
     @abstractmethod
     async def current_version(self, stream_id: StreamId | str) -> int:
         """The stream's version; 0 for a stream that does not exist."""
+
+    @abstractmethod
+    async def list_streams(self, *, prefix: str = "", after: str | None = None, limit: int = 50) -> StreamList:
+        """Streams whose id starts with ``prefix``, most recently appended to first.
+
+        ``after`` is the ``next_after`` of the previous page; ``limit`` (>= 1) caps the page. The
+        order follows appends, so a stream appended to while paging may move between pages.
+        """
 
     @abstractmethod
     async def delete_stream(self, stream_id: StreamId | str) -> int:

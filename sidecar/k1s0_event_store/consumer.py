@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from ._tracing import consumer_span
+from .kafka_security import KafkaSecurity
 from .schema import quote_ident
 
 if TYPE_CHECKING:  # aiokafka is imported when a consumer starts, not with the library
@@ -181,6 +183,7 @@ class EventConsumer:
         retry_backoff_seconds: float = 0.2,
         max_backoff_seconds: float = 10.0,
         security_protocol: str = "PLAINTEXT",
+        security: KafkaSecurity | None = None,
         consumer_options: Mapping[str, Any] | None = None,
         producer_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -198,7 +201,11 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.retry_backoff_seconds = retry_backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
-        self.security_protocol = security_protocol
+        #: TLS/SASL for both clients (``security_protocol`` alone is the short form for PLAINTEXT/SSL
+        #: with the system's CAs). Checked here, so a bad setting fails the construction, naming it.
+        self.security = security or KafkaSecurity(security_protocol=security_protocol, prefix="")
+        self.security.validate()
+        self.security_protocol = self.security.security_protocol
         self.consumer_options = dict(consumer_options or {})
         self.producer_options = dict(producer_options or {})
         self.stats = ConsumerStats()
@@ -215,15 +222,14 @@ class EventConsumer:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        options: dict[str, Any] = {"auto_offset_reset": "earliest", **self.consumer_options}
+        security = self.security.client_options()  # reads a password file again: rotation works
+        options: dict[str, Any] = {"auto_offset_reset": "earliest", **security, **self.consumer_options}
         self._consumer = AIOKafkaConsumer(
             *self.topics, bootstrap_servers=self.brokers, group_id=self.group_id, enable_auto_commit=False,
-            security_protocol=self.security_protocol, **options,
+            **options,
         )
-        producer: dict[str, Any] = {"acks": "all", "enable_idempotence": True, **self.producer_options}
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.brokers, security_protocol=self.security_protocol, **producer
-        )
+        producer: dict[str, Any] = {"acks": "all", "enable_idempotence": True, **security, **self.producer_options}
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.brokers, **producer)
         await self._producer.start()
         try:
             await self._consumer.start()
@@ -285,7 +291,17 @@ class EventConsumer:
                         log.warning("offset commit for %s failed (redelivery follows): %s", tp, exc)
 
     async def process(self, record: ConsumerRecord[bytes, bytes]) -> str:
-        """Handle one record: ``handled``, ``duplicate`` or ``dead_lettered``."""
+        """Handle one record: ``handled``, ``duplicate`` or ``dead_lettered``.
+
+        With OpenTelemetry configured by the application, this runs in a consumer span that
+        continues the trace the record's ``traceparent`` header names (see ``docs/operate.md``)."""
+        with consumer_span(record, self.group_id) as span:
+            outcome = await self._process(record)
+            if span is not None:
+                span.set_attribute("eventstore.consumer.outcome", outcome)
+            return outcome
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> str:
         try:
             event = decode(record)
         except UndecodableMessage as exc:

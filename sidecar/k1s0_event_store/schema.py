@@ -22,7 +22,10 @@ gaps (rolled-back or deleted events) but never a gap that fills later.
 
 The cost: appends in one schema commit one after another, one WAL flush each. The sidecar's group
 commit amortises that by coalescing concurrent appends into one transaction (one lock, one flush
-for many requests); ``docs/design.md`` has the figures. Reads never take the lock.
+for many requests), and ``append_planned`` (migration 4) takes the lock inside one statement run in
+autocommit, so it is held for that statement and its commit only, never across a client round
+trip: many sidecars can share one schema (``docs/design.md``, "Many sidecars, one schema"). Reads
+never take the lock.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from aiokafka.protocol.transaction import InitProducerIdRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
+from k1s0_event_store.kafka_security import explain_bootstrap_failure
+
 #: Largest record batch per partition and round. Kafka's default ``message.max.bytes`` is 1 MiB +
 #: 12 bytes and applies to a whole (uncompressed here) batch; a single bigger event still goes
 #: alone in its batch and is refused by the broker, which the status then reports.
@@ -64,6 +66,15 @@ class BrokerUnavailable(Exception):
 
 class IdempotenceUnavailable(Exception):
     """The broker would not give us an idempotent producer id."""
+
+
+class TlsFailed(BrokerUnavailable):
+    """The TLS handshake failed: an untrusted or expired certificate, one for another host name, or
+    a broker port that does not speak TLS. Retrying does not help until the settings change."""
+
+
+class AuthenticationFailed(BrokerUnavailable):
+    """The broker refused our SASL credentials or mechanism."""
 
 
 @dataclass
@@ -162,7 +173,7 @@ class Publisher:
         self,
         brokers: Sequence[str],
         *,
-        security_protocol: str,
+        client_options: Mapping[str, Any],
         acks: int,
         request_timeout_ms: int,
         client_id: str,
@@ -177,26 +188,38 @@ class Publisher:
         self.request_timeout_ms = request_timeout_ms
         self.client = AIOKafkaClient(
             bootstrap_servers=list(brokers),
-            security_protocol=security_protocol,
             request_timeout_ms=request_timeout_ms,
             client_id=client_id,
             # Our own metadata requests keep the cluster map fresh; the background refresh of the
             # client (which lists no topics, so creates none) only needs to run rarely.
             metadata_max_age_ms=300_000,
+            **client_options,
         )
+        self._brokers = list(brokers)
+        self._options = dict(client_options)
+        self.client_id = client_id
 
     async def start(self) -> None:
         try:
             await self.client.bootstrap()
-        except TRANSPORT_ERRORS as exc:
+        except Exception as exc:
+            # aiokafka only logs why each bootstrap host failed, and lets some SASL failures (a SCRAM
+            # server-final message carrying an error) escape as KeyError/ValueError: find out what
+            # went wrong so that the status says "TLS" or "authentication", not just "unreachable".
             await self.close()
-            raise BrokerUnavailable(f"cannot reach the brokers: {describe(exc)}") from exc
+            raise await self._diagnose(exc) from exc
         if self.idempotent:
             try:
                 await self._init_producer_id()
             except BaseException:
                 await self.close()
                 raise
+
+    async def _diagnose(self, exc: BaseException) -> BrokerUnavailable:
+        kind, message = await explain_bootstrap_failure(
+            exc, self._brokers, self._options, client_id=self.client_id, request_timeout_ms=self.request_timeout_ms
+        )
+        return {"tls": TlsFailed, "authentication": AuthenticationFailed}.get(kind, BrokerUnavailable)(message)
 
     async def _init_producer_id(self) -> None:
         node = self.client.get_random_node()

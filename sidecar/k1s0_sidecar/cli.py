@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import k1s0_event_store
 
@@ -60,11 +61,42 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The variables the README's Python example reads: where ``make run``'s database is.
+DSN_VARIABLE = "EVENTSTORE_DSN"
+SCHEMA_VARIABLE = "EVENTSTORE_SCHEMA"
+
+
+def ready_banner(sidecar: Any) -> str:
+    """What ``serve`` with an embedded database (``make run``) prints once it serves: where
+    everything is, and how to point the library at the same database and schema."""
+    import shlex
+
+    cfg = sidecar.config
+    host = "localhost" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+    schema = cfg.database.schema
+    return "\n".join([
+        f"k1s0 event store is ready (authentication: {cfg.auth.mode})",
+        f"  REST      http://{host}:{sidecar.rest_port}/api/v1/",
+        f"  gRPC      {host}:{sidecar.grpc_port}",
+        f"  console   http://{host}:{sidecar.rest_port}/ui/",
+        f"  database  {sidecar.dsn}",
+        f"  schema    {schema}",
+        "Use the same database from the library (the README's Python example):",
+        f"  export {DSN_VARIABLE}={shlex.quote(sidecar.dsn)} {SCHEMA_VARIABLE}={shlex.quote(schema)}",
+    ])
+
+
+def _print_ready(sidecar: Any) -> None:
+    # Only for the embedded database: a deployed sidecar's database URL may carry a password.
+    if sidecar.embedded:
+        print(ready_banner(sidecar), flush=True)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .config import ConfigError, load_config
-    from .runtime import serve
+    from .runtime import PortInUseError, serve
 
     overrides = {"database": {"migrate": True}} if args.migrate else None
     try:
@@ -79,10 +111,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    from . import tracing
+
+    tracing.setup()  # only if OTEL_* variables ask for it; before the servers are built
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_ready=_print_ready))
     except KeyboardInterrupt:  # pragma: no cover - the signal handler normally wins
         pass
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        tracing.shutdown()  # export the last spans
     return 0
 
 
@@ -120,8 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", help="schema name (default: $EVENTSTORE_DATABASE_SCHEMA or event_store)")
     p.set_defaults(handler=_cmd_migrate)
 
-    p = sub.add_parser("serve", help="run the sidecar (REST :8080, gRPC :9090)")
-    p.add_argument("--config", help="config.yaml (seed 000 layout); EVENTSTORE_* variables override it")
+    p = sub.add_parser(
+        "serve", help="run the sidecar (REST and the web console /ui/ on :8080, gRPC on :9090)",
+        description="Run the sidecar. Without a database URL it starts an embedded PostgreSQL (development) and "
+        "prints where everything is once ready. Ports: EVENTSTORE_SERVER_PORT (REST, default 8080) and "
+        "EVENTSTORE_SERVER_GRPC_PORT (gRPC, default 9090).",
+    )
+    p.add_argument("--config", help="config.yaml (the layout of docs/api.md); EVENTSTORE_* variables override it")
     p.add_argument("--migrate", action="store_true", help="apply schema migrations at start-up")
     p.set_defaults(handler=_cmd_serve)
 
@@ -132,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the Kubernetes operator and its admission webhook")
     p.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     p.add_argument("--all-namespaces", action="store_true", help="watch EventStreams in every namespace")
-    p.add_argument("--config", help="config.yaml (seed 000 layout); EVENTSTORE_* variables override it")
+    p.add_argument("--config", help="config.yaml (the layout of docs/api.md); EVENTSTORE_* variables override it")
     p.set_defaults(handler=_cmd_operator)
     return parser
 

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from k1s0_event_store import MAX_JSON_DEPTH_LIMIT
+from k1s0_event_store.kafka_security import KafkaSecurity, KafkaSecurityError
 from k1s0_event_store.schema import validate_identifier
 
 ENV_PREFIX = "EVENTSTORE_"
@@ -79,6 +80,33 @@ class KafkaSection:
     enable_idempotence: bool = True
     #: Event type -> topic (seed 003's routing); unlisted types go to ``topic_published``.
     routes: dict[str, str] = field(default_factory=dict)
+    #: TLS (security_protocol SSL or SASL_SSL): the CA that signed the brokers' certificates (empty:
+    #: the system's trusted CAs), a client certificate and key for mutual TLS, hostname checking.
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    ssl_check_hostname: bool = True
+    #: SASL (security_protocol SASL_PLAINTEXT or SASL_SSL): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    #: The password, or a file holding it (read at each connection: rotation needs no restart).
+    sasl_password: str = field(default="", repr=False)
+    sasl_password_file: str = ""
+
+    @property
+    def security(self) -> KafkaSecurity:
+        """The TLS/SASL settings as the shared builder of aiokafka's client options."""
+        return KafkaSecurity(
+            security_protocol=self.security_protocol,
+            ssl_ca_file=self.ssl_ca_file,
+            ssl_cert_file=self.ssl_cert_file,
+            ssl_key_file=self.ssl_key_file,
+            ssl_check_hostname=self.ssl_check_hostname,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            sasl_password_file=self.sasl_password_file,
+        )
 
 
 @dataclass(frozen=True)
@@ -299,6 +327,13 @@ def _validate(c: Config) -> None:
             f"kafka.enable_idempotence: needs kafka.producer_acks all (got {c.kafka.producer_acks!r});"
             " set enable_idempotence false to use acks 0 or 1"
         )
+    if c.kafka.brokers:
+        # Files are opened and parsed here, so a missing CA or a key that does not match its
+        # certificate stops start-up with the key's name instead of failing every connection.
+        try:
+            c.kafka.security.validate()
+        except KafkaSecurityError as exc:
+            raise ConfigError(str(exc)) from None
     if c.auth.mode == "jwt" and not c.auth.jwks_url:
         raise ConfigError("auth.jwks_url: required when auth.mode is jwt (set auth.mode: none for development)")
     positive("auth.leeway_seconds", c.auth.leeway_seconds, 0)

@@ -19,6 +19,8 @@ from grpc_status import rpc_status
 
 from k1s0_event_store import EventStoreError
 
+from . import tracing
+
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "eventstore.k1s0.io"
@@ -70,9 +72,13 @@ def new_request_id() -> str:
 def classify(exc: BaseException) -> tuple[str, str, list[dict[str, Any]]]:
     """(code, message, details) for any exception; unknown ones are logged and made opaque."""
     if isinstance(exc, EventStoreError) and exc.code in ERROR_MAP:
-        return exc.code, exc.message, list(exc.details)
-    log.error("internal error", exc_info=exc)
-    return INTERNAL_CODE, "internal error", []
+        code, message, details = exc.code, exc.message, list(exc.details)
+    else:
+        log.error("internal error", exc_info=exc)
+        code, message, details = INTERNAL_CODE, "internal error", []
+    if tracing.ENABLED:  # both edges render every error through here, inside the request's span
+        tracing.error(code)
+    return code, message, details
 
 
 def http_status(code: str) -> int:

@@ -39,19 +39,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from k1s0_event_store import EventEnvelope, StreamId
+from k1s0_event_store import EventEnvelope, KafkaSecurityError, StreamId
 from k1s0_event_store.schema import forwarder_lock_key, quote_ident
 
-from . import wire
+from . import tracing, wire
 from ._publisher import (
     UNKNOWN_TOPIC_OR_PARTITION,
+    AuthenticationFailed,
     BrokerUnavailable,
     IdempotenceUnavailable,
     Publisher,
     Record,
     Round,
+    TlsFailed,
     TopicsMissing,
     build_round,
     describe,
@@ -66,6 +69,23 @@ _ACKS = {"all": -1, "-1": -1, "1": 1, "0": 0}
 
 class RoundFailed(Exception):
     """A round could not be delivered completely; it is sent again from the checkpoint."""
+
+
+class SchemaNotReady(Exception):
+    """The schema or its forwarder tables are missing in PostgreSQL (migrations not applied)."""
+
+
+#: Kafka-side failures of a round -> the ``reason`` label of eventstore_forwarder_publish_failures.
+#: In the status their message starts with "Kafka: " (PostgreSQL's with "PostgreSQL: ").
+_KAFKA_REASONS: dict[type[BaseException], str] = {
+    BrokerUnavailable: "unavailable",
+    TlsFailed: "tls",
+    AuthenticationFailed: "authentication",
+    KafkaSecurityError: "configuration",
+    TopicsMissing: "topic_missing",
+    IdempotenceUnavailable: "idempotence_unavailable",
+    RoundFailed: "round_failed",
+}
 
 
 class _Backoff:
@@ -166,10 +186,14 @@ class Forwarder:
         self.lag_events: int | None = None
         self.lag_seconds: float | None = None
         self.events_published = 0
+        #: The producer spans of the round in hand (tracing on, events stored with a trace context).
+        self._spans: list[Any] = []
         self.publish_failures = 0
         self.events_resent = 0
         self.rounds = 0
         self.last_error: str | None = None
+        #: "kafka" or "postgresql": which side the last error came from.
+        self.last_error_source: str | None = None
         self.last_error_at: str | None = None
         self.last_published_at: str | None = None
         self.missing_topics: list[str] = []
@@ -226,9 +250,11 @@ class Forwarder:
             "rounds": self.rounds,
             "last_published_at": self.last_published_at,
             "last_error": self.last_error,
+            "last_error_source": self.last_error_source,
             "last_error_at": self.last_error_at,
             "missing_topics": self.missing_topics,
             "brokers": list(self.kafka.brokers),
+            "security_protocol": self.kafka.security_protocol,
             "topic": self.kafka.topic_published,
             "routes": dict(self.kafka.routes),
         }
@@ -244,8 +270,11 @@ class Forwarder:
                 conn = await self._connect()
                 await self._session(conn)
             except Exception as exc:
-                self._error(f"PostgreSQL: {describe(exc)}")
-                if not isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)):
+                if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+                                    SchemaNotReady)):
+                    self._error(f"PostgreSQL: {describe(exc)}", "postgresql")
+                else:  # a bug, not an outage: say so rather than blame either side
+                    self._error(f"unexpected error: {describe(exc)}", None)
                     log.exception("forwarder for schema %s failed unexpectedly", self.schema)
             finally:
                 self._set_active(False)
@@ -290,11 +319,16 @@ class Forwarder:
         except TimeoutError:
             pass
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, source: str | None = "kafka") -> None:
         if message != self.last_error:
             log.warning("forwarder (schema %s): %s", self.schema, message)
         self.last_error = message
+        self.last_error_source = source
         self.last_error_at = _now()
+
+    def _clear_error(self) -> None:
+        self.last_error = None
+        self.last_error_source = None
 
     def _set_active(self, active: bool) -> None:
         self.metrics.active.set(1 if active else 0)
@@ -306,11 +340,11 @@ class Forwarder:
     async def _session(self, conn: asyncpg.Connection) -> None:
         oid = await conn.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", self.schema)
         if oid is None:
-            raise RuntimeError(f"schema {self.schema} does not exist (migrations not applied)")
+            raise SchemaNotReady(f"schema {self.schema} does not exist (migrations not applied)")
         key = forwarder_lock_key(int(oid))
-        if self.last_error is not None and self.last_error.startswith("PostgreSQL:"):
+        if self.last_error_source == "postgresql":
             log.info("forwarder (schema %s): PostgreSQL reachable again", self.schema)
-            self.last_error = None
+            self._clear_error()
         while not self._stopping.is_set():
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key, timeout=self.query_timeout):
                 try:
@@ -393,7 +427,7 @@ class Forwarder:
             self.holder, timeout=self.query_timeout,
         )
         if row is None:
-            raise RuntimeError(f"{self.schema}.forwarder_checkpoint has no row (migration 3 incomplete)")
+            raise SchemaNotReady(f"{self.schema}.forwarder_checkpoint has no row (migration 3 incomplete)")
         position: int = row["position"]
         self.checkpoint = position
         self.metrics.checkpoint.set(position)
@@ -432,22 +466,23 @@ class Forwarder:
                     self.missing_topics = []
                     rnd = build_round(records, partitions, publisher.producer, publisher.sequences)
                     await self._deliver(publisher, rnd, backoff)
-                except (BrokerUnavailable, IdempotenceUnavailable, TopicsMissing, RoundFailed) as exc:
+                except (BrokerUnavailable, IdempotenceUnavailable, TopicsMissing, RoundFailed, KafkaSecurityError,
+                        KafkaError) as exc:
+                    tracing.end_spans(self._spans, str(exc))
                     failed_rounds += 1
-                    reason = {
-                        BrokerUnavailable: "unavailable", TopicsMissing: "topic_missing",
-                        IdempotenceUnavailable: "idempotence_unavailable",
-                    }.get(type(exc), "round_failed")
+                    # A client error outside our own checks counts as the brokers being unavailable.
+                    failure = BrokerUnavailable(describe(exc)) if isinstance(exc, KafkaError) else exc
+                    reason = _KAFKA_REASONS.get(type(failure), "unavailable")
                     self.metrics.failures.labels(reason).inc()
                     self.publish_failures += 1
-                    if isinstance(exc, TopicsMissing):
-                        self.missing_topics = exc.topics
-                    self._error(str(exc))
+                    if isinstance(failure, TopicsMissing):
+                        self.missing_topics = failure.topics
+                    self._error(f"Kafka: {failure}")
                     # An idempotent producer whose round failed does not know which of its sequence
                     # numbers the broker took: it starts over with a new producer id.
                     if publisher is not None and (
-                        isinstance(exc, BrokerUnavailable)
-                        or (isinstance(exc, RoundFailed) and publisher.idempotent)
+                        isinstance(failure, BrokerUnavailable)
+                        or (isinstance(failure, RoundFailed) and publisher.idempotent)
                         or failed_rounds > self.kafka.producer_retries
                     ):
                         await publisher.close()
@@ -455,6 +490,7 @@ class Forwarder:
                         failed_rounds = 0
                     await self._pause(backoff.next())
                     continue
+                tracing.end_spans(self._spans)
                 # Every batch of the round is acknowledged: move the checkpoint (on the lock's connection).
                 # Never backwards: only the lock holder writes, but a write sent by a holder that
                 # died while the statement waited can still commit after it (see docs/forwarding.md).
@@ -473,8 +509,9 @@ class Forwarder:
                 backoff.reset()
                 if self.last_error is not None:
                     log.info("forwarder (schema %s) recovered: publishing again", self.schema)
-                    self.last_error = None
+                    self._clear_error()
         finally:
+            tracing.end_spans(self._spans, "forwarder stopped")
             if publisher is not None:
                 await publisher.close()
             self._set_active(False)
@@ -482,7 +519,8 @@ class Forwarder:
     async def _new_publisher(self) -> Publisher:
         publisher = Publisher(
             self.kafka.brokers,
-            security_protocol=self.kafka.security_protocol,
+            # Built for every new connection set: a rotated password file is read again.
+            client_options=self.kafka.security.client_options(),
             acks=self.acks,
             request_timeout_ms=self.request_timeout_ms,
             client_id=f"k1s0-forwarder-{self.schema}",
@@ -519,7 +557,7 @@ class Forwarder:
                 self.events_resent += resent
                 self.metrics.resent.inc(resent)
                 raise RoundFailed(summary + why)
-            self._error(summary + " (retrying)")
+            self._error(f"Kafka: {summary} (retrying)")
             pending = {tp: b for tp, b in pending.items() if tp in failed}
             await self._pause(backoff.next())
 
@@ -544,8 +582,11 @@ class Forwarder:
         correlation = row["metadata"].get("correlation_id") if isinstance(row["metadata"], dict) else None
         if isinstance(correlation, str) and correlation:
             headers.append(("correlation-id", correlation.encode()))
+        topic = self.kafka.routes.get(row["event_type"], self.kafka.topic_published)
+        # traceparent/tracestate: the trace stored with the event, continued by a producer span
+        headers.extend(tracing.kafka_headers(row["metadata"], topic, row["stream_id"], row["sequence"], self._spans))
         return Record(
-            topic=self.kafka.routes.get(row["event_type"], self.kafka.topic_published),
+            topic=topic,
             key=row["stream_id"].encode(),
             value=value.encode(),
             headers=headers,

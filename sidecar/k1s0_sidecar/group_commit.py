@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from k1s0_event_store import AppendRequest, AppendResult, EventStoreError, UnavailableError
+
+from . import tracing
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class GroupCommitter:
         self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        #: Each queued request's span context, for the batch span's links (empty while tracing is off).
+        self._links: dict[asyncio.Future[AppendResult], Any] = {}
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="group-commit")
@@ -55,6 +60,8 @@ class GroupCommitter:
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         # If the caller went away, nobody awaits the outcome: mark it retrieved so asyncio stays quiet.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if tracing.ENABLED:
+            self._links[fut] = tracing.current_link()
         self._queue.put_nowait((request, fut))
         # shield: a client that goes away must not cancel a write already queued; it either commits
         # or fails with its batch, and a retry with the same event ids is answered idempotently.
@@ -98,8 +105,10 @@ class GroupCommitter:
     async def _commit(self, batch: list[tuple[AppendRequest, asyncio.Future[AppendResult]]]) -> None:
         if self._on_batch:
             self._on_batch(len(batch))
+        links = [self._links.pop(fut, None) for _, fut in batch] if self._links else []
         try:
-            outcomes = await self._append_batch([req for req, _ in batch])
+            with tracing.batch_span(links, len(batch)):  # the database spans nest in it
+                outcomes = await self._append_batch([req for req, _ in batch])
         except EventStoreError as exc:
             for _, fut in batch:
                 if not fut.done():

@@ -34,7 +34,7 @@ from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 
-from . import wire
+from . import tracing, wire
 from .authz import Authenticator, Principal, Role, check
 from .errors import grpc_status, new_request_id
 from .metrics import Metrics
@@ -56,6 +56,7 @@ RPC_ROLES: dict[str, Role | None] = {
     "SubscribeToStream": Role.SYS_AUDITOR,
     "SubscribeToAll": Role.SYS_AUDITOR,
     "PruneSnapshots": Role.SYS_ADMIN,
+    "ListStreams": Role.SYS_AUDITOR,
 }
 #: Services outside ours (health, reflection) are open, like /healthz.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
@@ -207,7 +208,8 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         expected = request.expected_version if request.HasField("expected_version") else None
         append, result = await self.service.append_prepared(request.stream_id, events, expected)
         response = pb.AppendEventsResponse(stream_id=result.stream_id.value, current_version=result.current_version)
-        add_appended_pb(response.events, append, result, data, subject is not None)
+        # audited or traced: the stored metadata differs from the request's, so it is what is echoed
+        add_appended_pb(response.events, append, result, data, subject is not None or tracing.ENABLED)
         return response
 
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:
@@ -269,6 +271,15 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         )
         response = pb.ReadAllResponse(head_sequence=head)
         add_events_pb(response.events, events)
+        return response
+
+    async def ListStreams(self, request: pb.ListStreamsRequest, context: Any) -> pb.ListStreamsResponse:
+        listed = await self.service.list_streams(request.prefix, request.after or None, request.limit or None)
+        response = pb.ListStreamsResponse(next_after=listed.next_after or "")
+        add = response.streams.add
+        for s in listed.streams:
+            add(stream_id=str(s.stream_id), aggregate_type=s.aggregate_type, current_version=s.current_version,
+                updated_at=rfc3339(s.updated_at))
         return response
 
     async def PruneSnapshots(self, request: pb.PruneSnapshotsRequest, context: Any) -> pb.PruneSnapshotsResponse:
@@ -432,6 +443,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):
             return
         status = grpc_status(exc, request_id)
+        if tracing.ENABLED:
+            tracing.grpc_code(status.code)
         self._observe(method, status.code.name, started)
         await context.abort_with_status(status)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -20,6 +20,24 @@ class _PoolCollector(Collector):
         yield GaugeMetricFamily("eventstore_db_pool_connections", "Open database connections", value=size)
         yield GaugeMetricFamily("eventstore_db_pool_in_use", "Database connections in use", value=size - idle)
         yield GaugeMetricFamily("eventstore_db_pool_max", "Database pool capacity", value=max_size)
+
+
+class _AppendPathCollector(Collector):
+    """How the store wrote its batches: plans found stale (another sidecar wrote one of the streams
+    first) and batches decided under the lock after repeated races (a stream hot across sidecars)."""
+
+    def __init__(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        replanned, locked = self._stats()
+        yield CounterMetricFamily(
+            "eventstore_append_replans", "Append plans found stale and made again", value=replanned
+        )
+        yield CounterMetricFamily(
+            "eventstore_append_locked_batches", "Batches decided under the append lock after repeated races",
+            value=locked,
+        )
 
 
 class Metrics:
@@ -53,6 +71,18 @@ class Metrics:
         self.subscriptions_lagged = Counter(
             "eventstore_subscriptions_lagged", "Subscribers sent back to catch-up reads for falling behind", registry=r
         )
+        self.subscriptions_queued = Gauge(
+            "eventstore_subscriptions_queued_max",
+            "Events queued for the live subscriber furthest behind (at eventstore_subscriptions_buffer it falls"
+            " back to catch-up reads)", registry=r,
+        )
+        self.subscriptions_buffer = Gauge(
+            "eventstore_subscriptions_buffer", "Events a live subscriber may have queued before it falls back",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "eventstore_database_up", "1 if the last readiness check reached the database, else 0", registry=r
+        )
         self.http_requests = Counter(
             "eventstore_http_requests", "REST requests", ["route", "method", "status"], registry=r
         )
@@ -68,3 +98,6 @@ class Metrics:
 
     def watch_pool(self, stats: Callable[[], tuple[int, int, int]]) -> None:
         self.registry.register(_PoolCollector(stats))
+
+    def watch_append_path(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self.registry.register(_AppendPathCollector(stats))

@@ -181,6 +181,27 @@ _SCHEMAS: dict[str, Any] = {
             "deleted_events": {"type": "integer"},
         },
     },
+    "StreamSummary": {
+        "type": "object",
+        "required": ["stream_id", "aggregate_type", "current_version", "updated_at"],
+        "properties": {
+            "stream_id": {"type": "string"},
+            "aggregate_type": {"type": "string"},
+            "current_version": {"type": "integer", "minimum": 1},
+            "updated_at": {"type": "string", "format": "date-time", "description": "The last append."},
+        },
+    },
+    "ListStreamsResponse": {
+        "type": "object",
+        "required": ["streams", "next_after"],
+        "properties": {
+            "streams": {"type": "array", "items": _ref("StreamSummary")},
+            "next_after": {
+                "type": ["string", "null"],
+                "description": "Pass as `after` for the next page; null: this is the last page.",
+            },
+        },
+    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Error": {
         "type": "object",
@@ -303,6 +324,22 @@ def _base_paths() -> dict[str, Any]:
                 "responses": {**_ok(200, "ReadAllResponse", "Events"), **_error_responses(400)},
             }
         },
+        "/api/v1/streams": {
+            "get": {
+                "operationId": "listStreams",
+                "summary": "Streams, most recently appended to first, filtered by id prefix, paged with a cursor. "
+                "Appends reorder the list, so a stream appended to while paging can move between pages. "
+                "Role: sys_auditor.",
+                "security": _SECURITY,
+                "parameters": [
+                    _query("prefix", {"type": "string", "maxLength": 255}, "Only stream ids starting with this."),
+                    _query("after", {"type": "string"}, "The `next_after` of the previous page."),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                           "Streams per page (max 200)."),
+                ],
+                "responses": {**_ok(200, "ListStreamsResponse", "A page of streams"), **_error_responses(400)},
+            }
+        },
         "/api/v1/streams/{stream_id}/subscribe": {
             "get": {
                 "operationId": "subscribeToStream",
@@ -334,9 +371,9 @@ def _base_paths() -> dict[str, Any]:
             }
         },
         "/healthz": {"get": _health("healthz", "Liveness")},
-        "/health/live": {"get": _health("healthLive", "Liveness (seed 001 alias)")},
+        "/health/live": {"get": _health("healthLive", "Liveness (alias of /healthz)")},
         "/readyz": {"get": _health("readyz", "Readiness: database reachable, not shutting down", ready=True)},
-        "/health/ready": {"get": _health("healthReady", "Readiness (seed 001 alias)", ready=True)},
+        "/health/ready": {"get": _health("healthReady", "Readiness (alias of /readyz)", ready=True)},
         "/metrics": {
             "get": {
                 "operationId": "metrics",
@@ -344,6 +381,37 @@ def _base_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
                 },
+            }
+        },
+        "/ui": {
+            "get": {
+                "operationId": "consoleRedirect",
+                "summary": "Redirects to /ui/.",
+                "responses": {"302": {"description": "To /ui/"},
+                              "200": {"description": "HTML (redirect followed)",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/ui/{asset}": {
+            "get": {
+                "operationId": "consoleAsset",
+                "summary": "A file of the web console (its scripts and style sheet).",
+                "parameters": [{"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The file", "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                                  "text/css": {"schema": {"type": "string"}},
+                                                                  "text/html": {"schema": {"type": "string"}}}},
+                    "404": {"description": "No such file (SYS_EVSTORE_ROUTE_NOT_FOUND)",
+                            "content": {"application/json": {"schema": _ref("Error")}}},
+                },
+            }
+        },
+        "/ui/": {
+            "get": {
+                "operationId": "console",
+                "summary": "The web console (HTML; its scripts are under /ui/). Open: it reads the API with "
+                "the token the person pastes.",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
             }
         },
         "/openapi.json": {
@@ -371,7 +439,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "k1s0 event store",
             "version": "1.0.0",
-            "description": "Append-only event streams (seed 000). "
+            "description": "Append-only event streams. "
             "Errors: {error: {code, message, request_id, details}}.",
         },
         "paths": {**_base_paths(), **EXTRA_PATHS},

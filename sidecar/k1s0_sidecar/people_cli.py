@@ -35,7 +35,7 @@ from k1s0_event_store import (
 )
 from k1s0_event_store._model import rfc3339
 
-from .wire import event_json, snapshot_json
+from .wire import event_json, snapshot_json, stream_summary_json
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5, 6
 
@@ -77,6 +77,22 @@ def _events_table(events: list[EventEnvelope], title: str | None = None) -> Tabl
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+async def _streams_list(args: argparse.Namespace, store: GrpcEventStore) -> int:
+    listed = await store.list_streams(prefix=args.prefix, after=args.after, limit=args.limit)
+    if args.output == "json":
+        _print_json({"streams": [stream_summary_json(s) for s in listed.streams], "next_after": listed.next_after})
+        return EXIT_OK
+    table = Table(title=f"streams{f' starting with {args.prefix}' if args.prefix else ''}, newest activity first")
+    for col in ("stream", "aggregate type", "version", "last append"):
+        table.add_column(col, overflow="fold")
+    for s in listed.streams:
+        table.add_row(str(s.stream_id), s.aggregate_type, str(s.current_version), rfc3339(s.updated_at))
+    out.print(table)
+    if listed.next_after:
+        err.print(f"more: --after {listed.next_after}", highlight=False, markup=False)
+    return EXIT_OK
 
 
 async def _streams_read(args: argparse.Namespace, store: GrpcEventStore) -> int:
@@ -179,8 +195,14 @@ async def _subscribe(args: argparse.Namespace, store: GrpcEventStore) -> int:
 
 def register(sub: Any) -> None:
     """Add the people-facing subcommands to the ``k1s0-eventstore`` parser."""
-    streams = sub.add_parser("streams", help="read, append to or delete a stream on a sidecar")
+    streams = sub.add_parser("streams", help="list, read, append to or delete streams on a sidecar")
     ssub = streams.add_subparsers(dest="action", required=True)
+    p = ssub.add_parser("list", help="streams, most recently appended to first")
+    p.add_argument("--prefix", default="", help="only stream ids starting with this")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--after", help="continue after this cursor (printed as 'more: --after …')")
+    add_connection_args(p)
+    p.set_defaults(handler=_run(_streams_list))
     p = ssub.add_parser("read", help="read a stream")
     p.add_argument("stream")
     p.add_argument("--from-version", type=int, default=1)

@@ -30,7 +30,7 @@ from k1s0_event_store import (
     parse_json,
 )
 
-from . import wire
+from . import console, wire
 from .authz import Authenticator, Principal, Role, check
 from .errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, http_status, new_request_id
 from .metrics import Metrics
@@ -148,6 +148,7 @@ class RestApi:
             Route("GET", f"{base}/snapshots/latest", self.latest_snapshot, Role.SYS_AUDITOR, "get_latest_snapshot"),
             Route("DELETE", base, self.delete_stream, Role.SYS_ADMIN, "delete_stream"),
             Route("GET", "/api/v1/events", self.read_all, Role.SYS_AUDITOR, "read_all"),
+            Route("GET", "/api/v1/streams", self.list_streams, Role.SYS_AUDITOR, "list_streams"),
             Route("GET", f"{base}/subscribe", self.subscribe_stream, Role.SYS_AUDITOR, "subscribe_stream"),
             Route("GET", "/api/v1/subscribe", self.subscribe_all, Role.SYS_AUDITOR, "subscribe_all"),
             Route("GET", "/healthz", self.live, None, "healthz"),
@@ -156,6 +157,10 @@ class RestApi:
             Route("GET", "/health/ready", self.ready, None, "health_ready"),
             Route("GET", "/metrics", self.metrics_endpoint, None, "metrics"),
             Route("GET", "/openapi.json", self.openapi, None, "openapi"),
+            # The web console: static files, open (the data it shows comes from the routes above).
+            Route("GET", "/ui", console.redirect, None, "console_redirect"),
+            Route("GET", "/ui/", console.index, None, "console"),
+            Route("GET", "/ui/{asset}", console.asset, None, "console_asset"),
             *self.extra_routes,
         ]
 
@@ -275,6 +280,13 @@ class RestApi:
             request.query.getall("event_type", []),
         )
         return _json_text(f'{{"events":[{",".join(documents)}],"head_sequence":{head}}}')
+
+    async def list_streams(self, request: web.Request) -> web.Response:
+        listed = await self.service.list_streams(
+            request.query.get("prefix", ""), request.query.get("after") or None, _query_int(request, "limit")
+        )
+        streams = [wire.stream_summary_json(s) for s in listed.streams]
+        return _json({"streams": streams, "next_after": listed.next_after})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
         version, kind, state = wire.parse_snapshot(await self._body(request))

@@ -9,10 +9,13 @@ group-commit queue so every acknowledged append is committed, stop components, c
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import signal
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +32,7 @@ from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnaps
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
 
+from . import tracing
 from .authz import Authenticator, NoAuthenticator
 from .config import Config
 from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
@@ -59,6 +63,32 @@ def make_authenticator(config: Config) -> Authenticator:
     factory: Any = auth.make_authenticator
     result: Authenticator = factory(config.auth)
     return result
+
+
+class PortInUseError(RuntimeError):
+    """A listening port is taken; ``setting`` is the variable that moves it."""
+
+    def __init__(self, port: int, setting: str) -> None:
+        super().__init__(f"port {port} is in use; set {setting}")
+        self.port = port
+        self.setting = setting
+
+
+def check_ports_free(host: str, ports: dict[int, str]) -> None:
+    """Fail fast, before the (slow) database start, when a fixed port is already taken."""
+    for port, setting in ports.items():
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as the servers bind: a port left in TIME_WAIT by a previous run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUseError(port, setting) from None
+                raise
 
 
 class EmbeddedPostgres:
@@ -148,8 +178,15 @@ class Sidecar:
         self.service: EventStoreService
         self.authenticator: Authenticator
 
+    @property
+    def embedded(self) -> bool:
+        """True when ``serve`` started its own PostgreSQL (no database.url: development)."""
+        return self._embedded is not None
+
     async def start(self) -> None:
         cfg = self.config
+        check_ports_free(cfg.server.host, {cfg.server.port: "EVENTSTORE_SERVER_PORT",
+                                           cfg.server.grpc_port: "EVENTSTORE_SERVER_GRPC_PORT"})
         dsn = cfg.database.url
         run_migrations = cfg.database.migrate
         if not dsn:
@@ -178,9 +215,12 @@ class Sidecar:
                 log.info("schema %s: applied migrations %s", cfg.database.schema, applied)
         self.dsn = dsn
         self.pool = await create_pool(store_config)
+        self.metrics.database_up.set(1)  # the pool connected; readiness checks keep it current
         self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
         self.store = PostgresEventStore(store_config, pool=self.pool)
         self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
+        stats = self.store.append_stats
+        self.metrics.watch_append_path(lambda: (stats.replanned, stats.locked))
         self.committer = GroupCommitter(
             self.store.append_batch,
             max_batch=cfg.event_store.group_commit_max_batch,
@@ -206,6 +246,8 @@ class Sidecar:
             on_lag=self.metrics.subscriptions_lagged.inc,
         )
         self.metrics.subscriptions_active.set_function(lambda: self.subscriptions.live_subscribers)
+        self.metrics.subscriptions_queued.set_function(lambda: self.subscriptions.max_queued)
+        self.metrics.subscriptions_buffer.set(cfg.event_store.subscription_buffer)
         self.servicer.subscriptions = self.subscriptions
         self.rest.subscriptions = self.subscriptions
         self.components.append(self.subscriptions)
@@ -216,8 +258,8 @@ class Sidecar:
         await self._start_rest()
         await self._start_grpc()
         self.ready = True
-        log.info("serving REST on %s:%d and gRPC on %s:%d (schema %s, auth %s)", cfg.server.host, self.rest_port,
-                 cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
+        log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
+                 cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
 
     def _committed(self) -> None:
         """This sidecar stored events: wake its own readers (other sidecars find them by polling)."""
@@ -258,7 +300,10 @@ class Sidecar:
         self.rest_port = int(server.sockets[0].getsockname()[1])
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(interceptors=[EdgeInterceptor(self.authenticator, self.metrics)])
+        # The tracing interceptor (when on) comes first, so the edge's work runs inside its span.
+        server = grpc.aio.server(
+            interceptors=[*tracing.grpc_interceptors(), EdgeInterceptor(self.authenticator, self.metrics)]
+        )
         pb_grpc.add_EventStoreServiceServicer_to_server(self.servicer, server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -282,9 +327,11 @@ class Sidecar:
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             checks["database"] = "ok"
+            self.metrics.database_up.set(1)
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
             ok = False
+            self.metrics.database_up.set(0)
         details: dict[str, Any] = {"checks": checks, "auth_mode": self.config.auth.mode}
         if self.config.auth.mode == "none":
             details["warnings"] = ["authentication is disabled (auth.mode: none): development only"]
@@ -319,14 +366,16 @@ class Sidecar:
             await asyncio.to_thread(self._embedded.stop)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: Config, on_ready: Callable[[Sidecar], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; ``on_ready`` once it serves."""
     sidecar = Sidecar(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await sidecar.start()
+    if on_ready is not None:
+        on_ready(sidecar)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests")
     await sidecar.stop()

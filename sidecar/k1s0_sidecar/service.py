@@ -25,6 +25,7 @@ from k1s0_event_store import (
     SnapshotNotFoundError,
     SnapshotStore,
     StreamId,
+    StreamList,
     StreamPage,
     ValidationError,
     encode_event,
@@ -39,6 +40,7 @@ from k1s0_event_store._model import (
     validate_version_bound,
 )
 
+from . import tracing
 from .authz import Principal
 from .config import EventStoreSection
 from .group_commit import GroupCommitter
@@ -137,6 +139,8 @@ class EventStoreService:
             stream_id, events, expected_version, max_events=self.settings.max_events_per_append,
             max_depth=self.settings.max_json_depth,
         )
+        if tracing.ENABLED:
+            request = tracing.stamp(request)
         result = await self.commit(request)
         return Appended(result, _encode_appended(request, result))
 
@@ -146,6 +150,8 @@ class EventStoreService:
         """An append whose events the edge prepared itself from their wire form (JSON text kept,
         audit metadata already applied with ``audited_metadata``); the edge renders the answer."""
         request = prepared_append(stream_id, events, expected_version, max_events=self.settings.max_events_per_append)
+        if tracing.ENABLED:
+            request = tracing.stamp(request)
         return request, await self.commit(request)
 
     async def commit(self, request: AppendRequest) -> AppendResult:
@@ -163,6 +169,8 @@ class EventStoreService:
             if getattr(exc, "code", "") == "SYS_EVSTORE_VERSION_CONFLICT":
                 self.metrics.append_conflicts.inc()
             raise
+        if tracing.ENABLED:
+            tracing.appended(result)
         self.metrics.append_latency.observe(time.perf_counter() - started)
         self.metrics.events_appended.inc(len(result.events))
         if result.events and result.events[0].version == 1 and result.events[0].event_id == request.events[0].event_id:
@@ -181,6 +189,8 @@ class EventStoreService:
         documents: bool = False,
     ) -> ReadPage:
         """A page of one stream. ``documents``: each event as one JSON document (REST bodies)."""
+        if tracing.ENABLED:
+            tracing.stream(stream_id)
         sid = StreamId.parse(stream_id)
         first = 1 if from_version is None else validate_version_bound(from_version, "from_version", 0)
         last = None if to_version is None else validate_version_bound(to_version, "to_version", 0)
@@ -217,6 +227,8 @@ class EventStoreService:
 
     async def get_event(self, stream_id: str, sequence: int) -> EventEnvelope:
         validate_version_bound(sequence, "sequence", 1)
+        if tracing.ENABLED:
+            tracing.stream(stream_id)
         event = await self.store.get_event(StreamId.parse(stream_id), sequence)
         self.metrics.reads.labels("event").inc()
         return event
@@ -274,6 +286,16 @@ class EventStoreService:
             raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
         return count, {"stream_prefixes": list(stream_prefixes), "event_types": list(event_types)}
 
+    async def list_streams(self, prefix: str = "", after: str | None = None, limit: int | None = None) -> StreamList:
+        """Streams by last activity, newest first; ``limit`` like a stream read's ``page_size``."""
+        default = min(self.settings.default_page_size, self.settings.max_page_size)
+        size = default if limit is None else validate_version_bound(limit, "limit", 1)
+        if size > self.settings.max_page_size:
+            raise ValidationError(f"limit must be at most {self.settings.max_page_size} (got {size})", field="limit")
+        result = await self.store.list_streams(prefix=prefix, after=after or None, limit=size)
+        self.metrics.reads.labels("streams").inc()
+        return result
+
     async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
         validate_version_bound(version, "snapshot_version", 1)
         snap = await self.snapshots.save(StreamId.parse(stream_id), version, state, aggregate_type or None)
@@ -292,6 +314,8 @@ class EventStoreService:
         return await self.snapshots.prune(validate_timestamp(older_than, "older_than"))
 
     async def delete_stream(self, stream_id: str) -> int:
+        if tracing.ENABLED:
+            tracing.stream(stream_id)
         removed = await self.store.delete_stream(StreamId.parse(stream_id))
         self.metrics.streams_deleted.inc()
         return removed

@@ -169,6 +169,11 @@ class SubscriptionHub:
     def live_subscribers(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def max_queued(self) -> int:
+        """Events queued for the subscriber furthest behind (it falls back to catch-up at ``buffer``)."""
+        return max((sub.queue.qsize() for sub in self._subscribers), default=0)
+
     # -- the shared reader -----------------------------------------------------------------------
 
     async def start(self) -> None:

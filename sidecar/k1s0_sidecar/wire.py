@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, ValidationError, encode_event
+from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, StreamSummary, ValidationError, encode_event
 from k1s0_event_store._model import rfc3339, validate_timestamp
 
 _EVENT_KEYS = {"event_type", "payload", "metadata", "event_id", "occurred_at"}
@@ -171,3 +171,9 @@ def published_message(e: EventEnvelope) -> dict[str, Any]:
         "occurred_at": rfc3339(e.occurred_at),
         "stored_at": rfc3339(e.stored_at),
     }
+
+
+def stream_summary_json(s: StreamSummary) -> dict[str, Any]:
+    """One stream of a listing (``GET /api/v1/streams``)."""
+    return {"stream_id": str(s.stream_id), "aggregate_type": s.aggregate_type, "current_version": s.current_version,
+            "updated_at": rfc3339(s.updated_at)}

@@ -170,6 +170,7 @@ REST_CASES: dict[str, RestCase] = {
     "get_latest_snapshot": RestCase("GET", "/api/v1/streams/{stream}/snapshots/latest", Role.SYS_AUDITOR),
     "delete_stream": RestCase("DELETE", "/api/v1/streams/{stream}", Role.SYS_ADMIN),
     "read_all": RestCase("GET", "/api/v1/events?limit=1", Role.SYS_AUDITOR),
+    "list_streams": RestCase("GET", "/api/v1/streams?limit=1", Role.SYS_AUDITOR),
     "subscribe_stream": RestCase("GET", "/api/v1/streams/{stream}/subscribe", Role.SYS_AUDITOR, sse=True),
     "subscribe_all": RestCase("GET", "/api/v1/subscribe", Role.SYS_AUDITOR, sse=True),
     "healthz": RestCase("GET", "/healthz", None),
@@ -179,6 +180,9 @@ REST_CASES: dict[str, RestCase] = {
     "metrics": RestCase("GET", "/metrics", None),
     "openapi": RestCase("GET", "/openapi.json", None),
     "forwarder_status": RestCase("GET", "/api/v1/forwarder/status", None),
+    "console": RestCase("GET", "/ui/", None),
+    "console_asset": RestCase("GET", "/ui/app.js", None),
+    "console_redirect": RestCase("GET", "/ui", None),
 }
 
 
@@ -246,6 +250,7 @@ GRPC_CASES: dict[str, tuple[Role | None, Call]] = {
     "DeleteStream": (Role.SYS_ADMIN, lambda s, p, md: s.DeleteStream(
         pb.DeleteStreamRequest(stream_id=p.stream), metadata=md)),
     "ReadAll": (Role.SYS_AUDITOR, lambda s, p, md: s.ReadAll(pb.ReadAllRequest(limit=1), metadata=md)),
+    "ListStreams": (Role.SYS_AUDITOR, lambda s, p, md: s.ListStreams(pb.ListStreamsRequest(limit=1), metadata=md)),
     "PruneSnapshots": (Role.SYS_ADMIN, lambda s, p, md: s.PruneSnapshots(
         pb.PruneSnapshotsRequest(older_than="2000-01-01T00:00:00Z"), metadata=md)),
     "SubscribeToStream": (Role.SYS_AUDITOR, lambda s, p, md: _first(s.SubscribeToStream(

@@ -346,3 +346,62 @@ def test_readme_documents_every_value_and_seed_000s() -> None:
     for seed_key in ("replicaCount", "container.port", "container.grpcPort", "service.type", "autoscaling",
                      "kafka.enabled", "kafka.brokers", "vault.enabled", "vault.role", "image.registry"):
         assert seed_key in readme, seed_key
+
+
+def test_kafka_tls_and_sasl_settings_reach_the_operator(tools: KubeTools, tmp_path: Path) -> None:
+    """kafka.* security values: protocol, mechanism and hostname checking as variables; the operator's
+    credentials Secret mounted (only the named keys) with variables naming the files; or, with Vault,
+    the SASL user and password rendered into the agent's config file. Every variable is a loader key."""
+    from dataclasses import fields
+
+    from k1s0_sidecar.config import KafkaSection
+
+    kafka = {"enabled": True, "brokers": ["kafka-0:9093"], "securityProtocol": "SASL_SSL",
+             "saslMechanism": "SCRAM-SHA-512", "sslCheckHostname": True,
+             "credentials": {"secretName": "kafka-admin", "usernameKey": "user", "passwordKey": "password",
+                             "caKey": "ca.crt"}}
+    docs = render(tools, {"kafka": kafka}, tmp=tmp_path)
+    list(validate_all(docs))
+    deployment = one(docs, "Deployment")
+    env = env_of(deployment)
+    assert env["EVENTSTORE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert env["EVENTSTORE_KAFKA_SSL_CHECK_HOSTNAME"] == "true"
+    assert env["EVENTSTORE_KAFKA_SASL_USERNAME"] == {"secretKeyRef": {"name": "kafka-admin", "key": "user"}}
+    assert env["EVENTSTORE_KAFKA_SASL_PASSWORD_FILE"] == "/etc/k1s0-eventstore/kafka/password"
+    assert env["EVENTSTORE_KAFKA_SSL_CA_FILE"] == "/etc/k1s0-eventstore/kafka/ca.crt"
+    assert "EVENTSTORE_KAFKA_SSL_CERT_FILE" not in env and "EVENTSTORE_KAFKA_SASL_PASSWORD" not in env
+    keys = {f.name for f in fields(KafkaSection)}
+    assert {n.removeprefix("EVENTSTORE_KAFKA_").lower() for n in env if n.startswith("EVENTSTORE_KAFKA_")} <= keys
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert {"name": "kafka-credentials", "secret": {"secretName": "kafka-admin", "items": [
+        {"key": "password", "path": "password"}, {"key": "ca.crt", "path": "ca.crt"}]}} in pod_spec["volumes"]
+    [container] = pod_spec["containers"]
+    assert {"name": "kafka-credentials", "mountPath": "/etc/k1s0-eventstore/kafka", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+
+    # Vault: the design's Kafka SASL path, rendered into the same file as the admin DSN.
+    kafka["credentials"] = {"secretName": ""}
+    docs = render(tools, {"kafka": kafka, "vault": {"enabled": True}}, tmp=tmp_path)
+    deployment = one(docs, "Deployment")
+    env = env_of(deployment)
+    assert not {"EVENTSTORE_KAFKA_SASL_USERNAME", "EVENTSTORE_KAFKA_SASL_PASSWORD_FILE"} & set(env)
+    template = deployment["spec"]["template"]["metadata"]["annotations"][
+        "vault.hashicorp.com/agent-inject-template-operator.yaml"]
+    assert 'secret "secret/data/k1s0/system/kafka/sasl"' in template
+    # What the agent writes, with the secrets' values in place of the lookups: the loader's layout.
+    rendered = "\n".join(
+        line for line in template.replace("{{ .Data.data.url | toJSON }}", '"postgresql://admin@pg/db"')
+        .replace("{{ .Data.data.username | toJSON }}", '"event-store"')
+        .replace("{{ .Data.data.password | toJSON }}", '"s3cret"').splitlines()
+        if not line.strip().startswith("{{")
+    )
+    assert yaml.safe_load(rendered) == {
+        "database": {"url": "postgresql://admin@pg/db"},
+        "kafka": {"sasl_username": "event-store", "sasl_password": "s3cret"},
+    }
+    # Without a mechanism (or with a credentials Secret) nothing about Kafka is asked of Vault.
+    docs = render(tools, {"kafka": {**kafka, "saslMechanism": "", "securityProtocol": "SSL"},
+                          "vault": {"enabled": True}}, tmp=tmp_path)
+    assert "kafka" not in one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"][
+        "vault.hashicorp.com/agent-inject-template-operator.yaml"]

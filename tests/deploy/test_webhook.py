@@ -327,3 +327,39 @@ def test_label_filter_is_an_object_selector() -> None:
     assert hook["clientConfig"]["url"] == "https://x/inject-sidecar"
     assert hook["rules"][0]["operations"] == ["CREATE"] and hook["rules"][0]["resources"] == ["pods"]
     assert hook["sideEffects"] == "None" and hook["failurePolicy"] == "Fail"
+
+
+async def test_kafka_credentials_are_mounted_from_the_eventstreams_secret(client: Client, streams: Streams) -> None:
+    """spec.kafka.credentials: the named keys of the Secret as read-only files plus EVENTSTORE_KAFKA_*
+    variables naming them; the user name by reference; no credential value in the pod spec."""
+    body = eventstream("payments")
+    body["spec"]["kafka"] = {"credentials": {
+        "secretName": "payments-kafka", "usernameKey": "user", "passwordKey": "password", "caKey": "ca.crt",
+    }}
+    streams[(NAMESPACE, "payments")] = body
+    pod = app_pod("payments")
+    result = patched(pod, await client.admit(pod))
+    sidecar = sidecar_of(result)
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["EVENTSTORE_KAFKA_SASL_USERNAME"]["valueFrom"] == {
+        "secretKeyRef": {"name": "payments-kafka", "key": "user"}
+    }
+    assert env["EVENTSTORE_KAFKA_SASL_PASSWORD_FILE"]["value"] == "/etc/k1s0-eventstore/kafka/password"
+    assert env["EVENTSTORE_KAFKA_SSL_CA_FILE"]["value"] == "/etc/k1s0-eventstore/kafka/ca.crt"
+    assert "EVENTSTORE_KAFKA_SSL_CERT_FILE" not in env and "EVENTSTORE_KAFKA_SASL_PASSWORD" not in env
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    assert volumes["k1s0-eventstore-kafka"]["secret"] == {
+        "secretName": "payments-kafka",
+        "items": [{"key": "password", "path": "password"}, {"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert {"name": "k1s0-eventstore-kafka", "mountPath": "/etc/k1s0-eventstore/kafka", "readOnly": True} in (
+        sidecar["volumeMounts"]
+    )
+    # Without credentials nothing of the kind is added (test_labelled_pod_gets_a_native_sidecar: "orders").
+    plain = sidecar_of(patched(app_pod(), await client.admit(app_pod())))
+    assert not any(e["name"].startswith("EVENTSTORE_KAFKA_") for e in plain["env"])
+
+    body["spec"]["kafka"]["credentials"]["caKey"] = "../etc/passwd"
+    response = await client.admit(app_pod("payments"))
+    assert response["allowed"] is False
+    assert "spec.kafka.credentials.caKey '../etc/passwd' is not a Secret key" in response["status"]["message"]

@@ -281,3 +281,41 @@ async def test_read_filters_are_validated(stores: Stores, bad: str) -> None:
         await stores.events.read_all(event_types=[bad])
     with pytest.raises(ValidationError):
         await stores.events.read_stream(ORDER, event_type=bad)
+
+
+async def test_list_streams_newest_activity_first_paged(stores: Stores) -> None:
+    s = stores.events
+    assert (await s.list_streams()).streams == [] and (await s.list_streams()).next_after is None
+    for sid in ("order-a", "order-b", "order-c", "invoice-x"):
+        await s.append(sid, [ev()])
+    await s.append("order-a", [ev(n=1), ev(n=2)])  # order-a moves to the front
+    listed = await s.list_streams(prefix="order-")
+    assert [str(x.stream_id) for x in listed.streams] == ["order-a", "order-c", "order-b"]
+    assert listed.next_after is None
+    first = listed.streams[0]
+    assert (first.aggregate_type, first.current_version) == ("order", 3)
+    assert [x.current_version for x in listed.streams] == [3, 1, 1]
+    times = [x.updated_at for x in listed.streams]
+    assert times == sorted(times, reverse=True) and all(t.tzinfo is not None for t in times)
+    assert [str(x.stream_id) for x in (await s.list_streams()).streams] == [
+        "order-a", "invoice-x", "order-c", "order-b"]
+    # Paging: each page continues after the cursor of the previous one, and the last has none.
+    page1 = await s.list_streams(limit=3)
+    assert [str(x.stream_id) for x in page1.streams] == ["order-a", "invoice-x", "order-c"]
+    assert page1.next_after
+    page2 = await s.list_streams(after=page1.next_after, limit=3)
+    assert [str(x.stream_id) for x in page2.streams] == ["order-b"] and page2.next_after is None
+    exact = await s.list_streams(limit=4)
+    assert len(exact.streams) == 4 and exact.next_after is None
+    assert (await s.list_streams(prefix="nothing")).streams == []
+    # A deleted stream is no longer listed.
+    await s.delete_stream("order-c")
+    assert "order-c" not in [str(x.stream_id) for x in (await s.list_streams()).streams]
+
+
+@pytest.mark.parametrize("kwargs", [{"limit": 0}, {"after": "not a cursor!"}, {"after": "YWJj"},
+                                    {"prefix": "y" * 256}, {"prefix": "a\x00"}])
+async def test_list_streams_arguments_are_validated(stores: Stores, kwargs: dict[str, object]) -> None:
+    await stores.events.append(ORDER, [ev()])
+    with pytest.raises(ValidationError):
+        await stores.events.list_streams(**kwargs)  # type: ignore[arg-type]

@@ -58,6 +58,22 @@ def test_subscribe_tails_with_a_limit(sidecar: ServedSidecar, stream: str) -> No
     assert r.returncode == 0 and r.stdout.count(stream) == 2
 
 
+def test_streams_list_pages_newest_first(sidecar: ServedSidecar, stream: str) -> None:
+    for suffix in ("a", "b", "c"):
+        r = cli(sidecar, "streams", "append", f"{stream}{suffix}", "--type", "E", "--payload", "{}")
+        assert r.returncode == 0, r.stderr
+    r = cli(sidecar, "streams", "list", "--prefix", stream, "--limit", "2", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout)
+    assert [s["stream_id"] for s in first["streams"]] == [f"{stream}c", f"{stream}b"] and first["next_after"]
+    r = cli(sidecar, "streams", "list", "--prefix", stream, "--after", first["next_after"])
+    assert r.returncode == 0 and f"{stream}a" in r.stdout and f"{stream}b" not in r.stdout
+    r = cli(sidecar, "streams", "list", "--prefix", stream, "--limit", "2")
+    assert r.returncode == 0 and r.stderr.startswith("more: --after ")
+    r = cli(sidecar, "streams", "list", "--after", "garbage!")
+    assert r.returncode == 2 and "SYS_EVSTORE_VALIDATION_ERROR" in r.stderr
+
+
 def test_unavailable_server_exit_code() -> None:
     r = subprocess.run([sys.executable, "-m", "k1s0_sidecar.cli", "streams", "read", "x-y", "--server",
                         "127.0.0.1:1", "--timeout", "1"], capture_output=True, text=True, timeout=60)

@@ -29,10 +29,18 @@ def tansu_binary() -> str:
 
 
 class LocalKafka:
-    """One Tansu broker on 127.0.0.1; ``stop``/``kill``/``freeze``/``thaw`` for failure tests."""
+    """One Tansu broker on 127.0.0.1; ``stop``/``kill``/``freeze``/``thaw`` for failure tests.
 
-    def __init__(self, port: int | None = None) -> None:
+    ``advertised_port``: the port the broker names in its metadata (a TLS proxy in front of it,
+    ``tests.support.tls``), so that clients reach it only through that port after the bootstrap.
+    ``authentication``: the broker requires SASL (SCRAM) from every client.
+    """
+
+    def __init__(self, port: int | None = None, *, advertised_port: int | None = None,
+                 authentication: bool = False) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        self.authentication = authentication
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="k1s0-tansu-", suffix=".log")[1])
 
@@ -44,8 +52,9 @@ class LocalKafka:
         url = f"tcp://127.0.0.1:{self.port}"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [tansu_binary(), "broker", "--listener-url", url,
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+             "--storage-engine", "memory://tansu/", *(["--authentication"] if self.authentication else [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
         )
         deadline = time.monotonic() + timeout

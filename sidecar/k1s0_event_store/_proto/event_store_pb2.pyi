@@ -519,6 +519,93 @@ class PruneSnapshotsResponse(_message.Message):
 Global___PruneSnapshotsResponse: _TypeAlias = PruneSnapshotsResponse  # noqa: Y015
 
 @_typing.final
+class ListStreamsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """Only streams whose id starts with this; empty: every stream."""
+    after: _builtins.str
+    """The next_after of the previous page; empty: the first page."""
+    limit: _builtins.int
+    """Streams per page; 0 means 50 (the server's default_page_size), above max_page_size (200) is
+    INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "limit", b"limit", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreamsRequest: _TypeAlias = ListStreamsRequest  # noqa: Y015
+
+@_typing.final
+class ListStreamsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAMS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_FIELD_NUMBER: _builtins.int
+    next_after: _builtins.str
+    """Pass as `after` to read the next page; empty: this is the last page."""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamSummary]: ...
+    def __init__(
+        self,
+        *,
+        streams: _abc.Iterable[Global___StreamSummary] | None = ...,
+        next_after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_after", b"next_after", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreamsResponse: _TypeAlias = ListStreamsResponse  # noqa: Y015
+
+@_typing.final
+class StreamSummary(_message.Message):
+    """One stream of a listing. Appends move a stream to the front, so while someone pages a stream
+    can be missed or listed twice: a browsing aid, not a consistent snapshot.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    aggregate_type: _builtins.str
+    current_version: _builtins.int
+    updated_at: _builtins.str
+    """RFC 3339: the time of the stream's last append."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        aggregate_type: _builtins.str = ...,
+        current_version: _builtins.int = ...,
+        updated_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_type", b"aggregate_type", "current_version", b"current_version", "stream_id", b"stream_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSummary: _TypeAlias = StreamSummary  # noqa: Y015
+
+@_typing.final
 class EventNotification(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

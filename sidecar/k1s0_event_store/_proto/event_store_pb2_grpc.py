@@ -84,6 +84,11 @@ class EventStoreServiceStub:
                 request_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsRequest.SerializeToString,
                 response_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.ListStreams = channel.unary_unary(
+                '/k1s0.system.eventstore.v1.EventStoreService/ListStreams',
+                request_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.ListStreamsRequest.SerializeToString,
+                response_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.ListStreamsResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServiceServicer:
@@ -159,6 +164,13 @@ class EventStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStreams(self, request, context):
+        """Streams, most recently appended to first, filtered by id prefix, paged with a cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +223,11 @@ def add_EventStoreServiceServicer_to_server(servicer, server):
                     servicer.PruneSnapshots,
                     request_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsRequest.FromString,
                     response_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsResponse.SerializeToString,
+            ),
+            'ListStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStreams,
+                    request_deserializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.ListStreamsRequest.FromString,
+                    response_serializer=k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.ListStreamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +500,33 @@ class EventStoreService:
             '/k1s0.system.eventstore.v1.EventStoreService/PruneSnapshots',
             k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsRequest.SerializeToString,
             k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.PruneSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/k1s0.system.eventstore.v1.EventStoreService/ListStreams',
+            k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.ListStreamsRequest.SerializeToString,
+            k1s0_dot_system_dot_eventstore_dot_v1_dot_event__store__pb2.ListStreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class EventStoreServiceStub:
     """All streams in global sequence order: catch-up from after_sequence, then live."""
     PruneSnapshots: _grpc.UnaryUnaryMultiCallable[_event_store_pb2.PruneSnapshotsRequest, _event_store_pb2.PruneSnapshotsResponse]
     """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only)."""
+    ListStreams: _grpc.UnaryUnaryMultiCallable[_event_store_pb2.ListStreamsRequest, _event_store_pb2.ListStreamsResponse]
+    """Streams, most recently appended to first, filtered by id prefix, paged with a cursor."""
 
 @_typing.type_check_only
 class EventStoreServiceAsyncStub(EventStoreServiceStub):
@@ -82,6 +84,8 @@ class EventStoreServiceAsyncStub(EventStoreServiceStub):
     """All streams in global sequence order: catch-up from after_sequence, then live."""
     PruneSnapshots: _aio.UnaryUnaryMultiCallable[_event_store_pb2.PruneSnapshotsRequest, _event_store_pb2.PruneSnapshotsResponse]  # type: ignore[assignment]
     """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only)."""
+    ListStreams: _aio.UnaryUnaryMultiCallable[_event_store_pb2.ListStreamsRequest, _event_store_pb2.ListStreamsResponse]  # type: ignore[assignment]
+    """Streams, most recently appended to first, filtered by id prefix, paged with a cursor."""
 
 class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -163,5 +167,13 @@ class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_store_pb2.PruneSnapshotsResponse, _abc.Awaitable[_event_store_pb2.PruneSnapshotsResponse]]:
         """Delete snapshots taken before older_than, keeping each stream's newest (sys_admin only)."""
+
+    @_abc_1.abstractmethod
+    def ListStreams(
+        self,
+        request: _event_store_pb2.ListStreamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_store_pb2.ListStreamsResponse, _abc.Awaitable[_event_store_pb2.ListStreamsResponse]]:
+        """Streams, most recently appended to first, filtered by id prefix, paged with a cursor."""
 
 def add_EventStoreServiceServicer_to_server(servicer: EventStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ from typing import Any
 from .._api import EventStore, SnapshotStore
 from .._batch import Replay, ReplayOf, Write, plan
 from .._errors import EventNotFoundError, EventStoreError, StreamNotFoundError, ValidationError
+from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
 from .._model import (
     MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
@@ -35,6 +36,8 @@ class InMemoryEventStore(EventStore):
         self.max_events_per_append = max_events_per_append
         self._streams: dict[str, list[EventEnvelope]] = {}
         self._aggregate_types: dict[str, str] = {}
+        #: The time of each stream's last append (``updated_at`` in PostgreSQL).
+        self._updated: dict[str, datetime] = {}
         self._all: list[EventEnvelope] = []
         self._by_id: dict[uuid.UUID, EventEnvelope] = {}
         self._sequence = itertools.count(1)
@@ -59,6 +62,7 @@ class InMemoryEventStore(EventStore):
                     ]
                     self._streams.setdefault(stream, []).extend(written)
                     self._aggregate_types.setdefault(stream, req.stream_id.aggregate_type)
+                    self._updated[stream] = now
                     self._all.extend(written)
                     self._by_id.update({e.event_id: e for e in written if e.event_id is not None})
                     results.append(AppendResult(req.stream_id, written, written[-1].version or 0))
@@ -154,6 +158,20 @@ class InMemoryEventStore(EventStore):
     async def current_version(self, stream_id: StreamId | str) -> int:
         return len(self._streams.get(str(StreamId.of(stream_id)), []))
 
+    async def list_streams(self, *, prefix: str = "", after: str | None = None, limit: int = 50) -> StreamList:
+        position = validate_list_streams(prefix, after, limit)
+        # Newest first, ties by id descending: the reverse of ascending (updated_at, id).
+        keys = sorted(((t, sid) for sid, t in self._updated.items() if sid.startswith(prefix)), reverse=True)
+        if position is not None:
+            keys = [k for k in keys if k < position]
+        page = keys[:limit]
+        streams = [
+            StreamSummary(StreamId.parse(sid), self._aggregate_types[sid], len(self._streams[sid]), t)
+            for t, sid in page
+        ]
+        more = len(keys) > limit
+        return StreamList(streams, encode_cursor(*page[-1]) if more else None)
+
     async def delete_stream(self, stream_id: StreamId | str) -> int:
         sid = str(StreamId.of(stream_id))
         async with self._lock:
@@ -165,6 +183,7 @@ class InMemoryEventStore(EventStore):
             for e in events:
                 self._by_id.pop(e.event_id, None) if e.event_id else None
             self._aggregate_types.pop(sid, None)
+            self._updated.pop(sid, None)
             self.snapshots.pop(sid, None)
             return len(events)
 

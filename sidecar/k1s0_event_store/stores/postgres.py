@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
 from .._model import (
     MAX_EVENT_TYPE_LENGTH,
     AppendRequest,
@@ -77,7 +79,7 @@ _CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
 _DATA_ERRORS = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 #: Optimistic plans tried before a batch is decided under the lock (see _append_planned).
 _OPTIMISTIC_ATTEMPTS = 3
-_KNOWN_VERSIONS_LIMIT = 100_000
+_KNOWN_VERSIONS_LIMIT = 50_000
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -164,6 +166,16 @@ def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelop
 _encoded: Callable[[asyncpg.Record], EncodedEvent] = EncodedEvent._make
 
 
+@dataclass(slots=True)
+class AppendStats:
+    """How batches were written (see ``PostgresEventStore._append_planned``): counters for metrics
+    and tests. ``replanned`` counts plans found stale, ``locked`` batches decided under the lock."""
+
+    batches: int = 0
+    replanned: int = 0
+    locked: int = 0
+
+
 class PostgresEventStore(_PoolOwner, EventStore):
     """The event store on PostgreSQL. ``pool`` lets several stores share one asyncpg pool."""
 
@@ -177,6 +189,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
         self._sql_append_planned = f"SELECT * FROM {s}.append_planned({', '.join(f'${i}' for i in range(1, 14))})"
         # Stream versions this store last read or wrote: the first guess of every plan.
         self._known_versions: dict[str, int] = {}
+        self.append_stats = AppendStats()
         # One statement writes the stream rows and the events. The foreign-key check on events runs
         # at the end of the statement, so it sees the stream rows the CTE inserted.
         self._sql_write = (
@@ -245,27 +258,29 @@ class PostgresEventStore(_PoolOwner, EventStore):
         batch planned again. After ``_OPTIMISTIC_ATTEMPTS`` such races (a stream hot across
         sidecars), the batch is decided under the lock instead, which always completes.
         """
-        guessed = True
-        for _ in range(_OPTIMISTIC_ATTEMPTS):
-            if guessed:
-                versions = self._guess_versions(requests)
-                stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
-            else:
-                versions, stored_by_id = await self._read_state(conn, requests)
+        stats = self.append_stats
+        stats.batches += 1
+        versions = self._guess_versions(requests)
+        stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
+        guessed, stale = True, 0
+        while True:
             decisions = plan(requests, versions, stored_by_id)
             writes = [d for d in decisions if isinstance(d, Write)]
-            if guessed and len(writes) < len(decisions):
-                guessed = False
-                continue
-            if not writes:
-                return self._results(decisions, {})
-            args, finals = self._write_args(writes, versions)
-            rows = await conn.fetch(self._sql_append_planned, *args)
-            if rows:
-                self._remember(finals)
-                return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+            if not (guessed and len(writes) < len(decisions)):  # never refuse or replay on a guess
+                if not writes:
+                    return self._results(decisions, {})
+                args, finals = self._write_args(writes, versions)
+                rows = await conn.fetch(self._sql_append_planned, *args)
+                if rows:
+                    self._remember(finals)
+                    return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+                stats.replanned += 1
+                stale += 1
+                if stale >= _OPTIMISTIC_ATTEMPTS:
+                    stats.locked += 1
+                    return await self._append_locked(conn, requests)
+            versions, stored_by_id = await self._read_state(conn, requests)
             guessed = False
-        return await self._append_locked(conn, requests)
 
     def _guess_versions(self, requests: Sequence[AppendRequest]) -> dict[str, int]:
         guesses: dict[str, int] = {}
@@ -585,6 +600,26 @@ class PostgresEventStore(_PoolOwner, EventStore):
         async with self.connection() as conn:
             v = await conn.fetchval(f"SELECT current_version FROM {self._s}.event_streams WHERE id = $1", str(sid))
         return int(v or 0)
+
+    async def list_streams(self, *, prefix: str = "", after: str | None = None, limit: int = 50) -> StreamList:
+        position = validate_list_streams(prefix, after, limit)
+        since, last = position if position is not None else (None, None)
+        # Ids compare by code point (COLLATE "C"), as in every other store, so cursors are portable.
+        # One row more than asked says whether there is a next page.
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT id, aggregate_type, current_version, updated_at FROM {self._s}.event_streams"
+                " WHERE id ^@ $1"
+                ' AND ($2::timestamptz IS NULL OR (updated_at, id COLLATE "C") < ($2::timestamptz, $3::text))'
+                ' ORDER BY updated_at DESC, id COLLATE "C" DESC LIMIT $4',
+                prefix, since, last, limit + 1,
+            )
+        streams = [
+            StreamSummary(StreamId.parse(r["id"]), r["aggregate_type"], int(r["current_version"]), r["updated_at"])
+            for r in rows[:limit]
+        ]
+        last_row = rows[limit - 1] if len(rows) > limit else None
+        return StreamList(streams, encode_cursor(last_row["updated_at"], last_row["id"]) if last_row else None)
 
     async def delete_stream(self, stream_id: StreamId | str) -> int:
         sid = StreamId.of(stream_id)

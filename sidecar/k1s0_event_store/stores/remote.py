@@ -37,6 +37,7 @@ from .._errors import (
     ValidationError,
 )
 from .._json import MAX_JSON_DEPTH_LIMIT
+from .._listing import StreamList, StreamSummary, validate_list_streams
 from .._model import (
     AppendRequest,
     AppendResult,
@@ -51,6 +52,7 @@ from .._model import (
 from .._pbconv import metadata_from_pb, metadata_to_pb
 from .._proto import event_store_pb2 as pb
 from .._proto import event_store_pb2_grpc as pb_grpc
+from .._tracing import context_metadata
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
@@ -148,7 +150,9 @@ class _Client:
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         token = self._token() if callable(self._token) else self._token
-        return (("authorization", f"Bearer {token}"),) if token else ()
+        # The caller's trace context (if it uses OpenTelemetry), so the sidecar's spans join its trace.
+        trace_context = context_metadata()
+        return ((("authorization", f"Bearer {token}"),) if token else ()) + trace_context
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: Any, *, stream_id: str = "",
                     retry: bool = True) -> T:
@@ -325,6 +329,25 @@ class GrpcEventStore(_Client, EventStore):
         except StreamNotFoundError:
             return 0
         return int(resp.current_version)
+
+    async def list_streams(self, *, prefix: str = "", after: str | None = None, limit: int = 50) -> StreamList:
+        validate_list_streams(prefix, after, limit)
+        # The sidecar caps a page (max_page_size); a larger limit is read in several pages.
+        streams: list[StreamSummary] = []
+        cursor = after or ""
+        while True:
+            resp = await self._call(
+                self._stub.ListStreams,
+                pb.ListStreamsRequest(prefix=prefix, after=cursor, limit=min(_PAGE, limit - len(streams))),
+            )
+            streams.extend(
+                StreamSummary(StreamId.parse(s.stream_id), s.aggregate_type, s.current_version,
+                              datetime.fromisoformat(s.updated_at))
+                for s in resp.streams
+            )
+            cursor = resp.next_after
+            if not cursor or len(streams) >= limit:
+                return StreamList(streams, cursor or None)
 
     async def delete_stream(self, stream_id: StreamId | str) -> int:
         sid = StreamId.of(stream_id)
