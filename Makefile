@@ -22,8 +22,9 @@ venv: $(STAMP)
 # /ui/ on :8080, gRPC on :9090; EVENTSTORE_SERVER_PORT / EVENTSTORE_SERVER_GRPC_PORT move them). Once
 # ready it prints the addresses and the database DSN and schema for the library.
 # auth.mode none is development only; the sidecar logs a loud warning and reports it on /readyz.
+# Readable log lines with an access log (a line per request); deployments default to JSON.
 run: $(STAMP)
-	EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} $(BIN)/k1s0-eventstore serve $(ARGS)
+	EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} EVENTSTORE_APP_LOG_FORMAT=$${EVENTSTORE_APP_LOG_FORMAT:-text} $(BIN)/k1s0-eventstore serve $(ARGS)
 
 ## Run the test suite (starts its own PostgreSQL and Kafka-protocol broker).
 test: $(STAMP)

@@ -9,7 +9,7 @@ payloads as ``grpcload.py``) to a temporary file of 4-byte big-endian length + b
 ``exec``s the Go program, which speaks the harness's protocol (READY, the window, one
 ``WorkerResult`` line) and reuses the requests round-robin.
 
-Kinds: ``append`` (without ``expected_version``: requests are independent, so a stream may repeat),
+Kinds: ``append`` (``expected_version`` -2, any version: requests are independent, so a stream may repeat),
 ``read_stream`` and ``read_all`` (the events of each page are counted from the response).
 
 Build by hand: ``GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=/tmp/gocache go build -o
@@ -100,6 +100,7 @@ def requests(spec: dict[str, Any]) -> tuple[list[bytes], str, int, int]:
                 stream_id=chooser.next(),
                 events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k).encode())
                         for k in range(per)],
+                expected_version=pb.EXPECTED_VERSION_ANY,  # unset would mean "version 0"
             )
             n += per
             out.append(request.SerializeToString())

@@ -60,9 +60,9 @@ async def run(spec: dict[str, Any]) -> WorkerResult:
                 stream_id=stream,
                 events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k).encode())
                         for k in range(per)],
+                # unset would mean "version 0": without tracking, say "any version" explicitly
+                expected_version=known.get(stream, 0) if expected else pb.EXPECTED_VERSION_ANY,
             )
-            if expected:
-                request.expected_version = known.get(stream, 0)
             try:
                 response = await stub.AppendEvents(request)
             except grpc.aio.AioRpcError as exc:

@@ -57,6 +57,7 @@ async def pace(spec: dict[str, Any]) -> WorkerResult:
             stream_id=chooser.next(),
             events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k, t0).encode())
                     for k in range(per)],
+            expected_version=pb.EXPECTED_VERSION_ANY,  # unset would mean "version 0"
         )
         try:
             await stub.AppendEvents(request)

@@ -218,7 +218,8 @@ INSERT INTO {s}.forwarder_checkpoint (id) VALUES (TRUE);
     ),
     Migration(
         4,
-        "fleet appends: one-round-trip append function; no NOTIFY per append",
+        "fleet appends: one-statement appends that commit in parallel behind a safe-sequence watermark;"
+        " no NOTIFY per append",
         """
 -- Every sidecar of an app appends to this schema. A notification per appending commit woke every
 -- sidecar's listener (each then queried the head) and serialised notifying commits database-wide,
@@ -227,13 +228,68 @@ INSERT INTO {s}.forwarder_checkpoint (id) VALUES (TRUE);
 DROP TRIGGER IF EXISTS events_notify ON {s}.events;
 DROP FUNCTION IF EXISTS {s}.notify_appended();
 
+-- Parallel commits. The append lock orders the drawing of sequences; with parallel commits on, an
+-- appender releases it as soon as its rows are inserted, before its commit and WAL flush, so the
+-- commits of many sidecars overlap and share flushes. Sequence order then no longer equals commit
+-- order, so every reader of the global order reads only up to safe_sequence(): the highest
+-- sequence below which nothing can still commit. Each appender marks itself in flight with a
+-- shared advisory lock keyed by its first sequence, taken under the append lock before it draws
+-- and held until its commit is visible; safe_sequence() reads the sequence's last value, then the
+-- marks. Off for a schema that already has events (sidecars of the previous release may still be
+-- running; they read without the watermark): `k1s0-eventstore migrate --parallel-commits` turns it
+-- on once every sidecar of the schema runs this release. On for a new schema.
+CREATE FUNCTION {s}.parallel_commits() RETURNS BOOLEAN LANGUAGE sql IMMUTABLE AS 'SELECT true';
+DO $do$
+BEGIN
+    IF EXISTS (SELECT 1 FROM {s}.events) THEN
+        CREATE OR REPLACE FUNCTION {s}.parallel_commits() RETURNS BOOLEAN LANGUAGE sql IMMUTABLE AS 'SELECT false';
+    END IF;
+END
+$do$;
+
+-- The in-flight mark: (classid = the schema's OID, objid = the low 32 bits of the first sequence
+-- this transaction will draw). Call it holding the append lock, right before inserting events.
+CREATE FUNCTION {s}.mark_in_flight() RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+    next_sequence BIGINT;
+    schema_key BIGINT := '{schema_literal}'::regnamespace::oid::bigint;
+    low BIGINT;
+BEGIN
+    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END INTO next_sequence
+        FROM {s}.events_sequence_seq;
+    low := next_sequence & 4294967295;
+    PERFORM pg_advisory_xact_lock_shared(
+        (CASE WHEN schema_key > 2147483647 THEN schema_key - 4294967296 ELSE schema_key END)::int4,
+        (CASE WHEN low > 2147483647 THEN low - 4294967296 ELSE low END)::int4);
+END;
+$$;
+
+-- Every sequence at or below this is final: committed, rolled back or deleted, never to appear
+-- later. A reader must take it in one statement and read in a later one (a later snapshot).
+CREATE FUNCTION {s}.safe_sequence() RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    drawn BIGINT;
+    lowest BIGINT;
+BEGIN
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO drawn FROM {s}.events_sequence_seq;
+    -- Marks hold 32 bits: place each within 2^31 of what has been drawn.
+    SELECT min(CASE WHEN m.v > drawn + 2147483648 THEN m.v - 4294967296
+                    WHEN m.v <= drawn - 2147483648 THEN m.v + 4294967296 ELSE m.v END) INTO lowest
+    FROM (SELECT ((drawn >> 32) << 32) | l.objid::bigint AS v FROM pg_catalog.pg_locks l
+          WHERE l.locktype = 'advisory' AND l.objsubid = 2
+            AND l.classid = '{schema_literal}'::regnamespace::oid
+            AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())) m;
+    RETURN least(drawn, coalesce(lowest - 1, drawn));
+END;
+$$;
+
 -- An append planned by the client on the stream versions it believes current (p_check_*), done in
--- one statement: the schema's append lock is taken here, after the client's round trips, and held
--- only for this execution and the commit that follows it (the caller runs it in autocommit, so the
--- commit travels in the same message). If any checked stream is not at the planned version, or an
--- event id the plan took as new is already stored, nothing is written and no row is returned: the
--- client reads the real state and plans again. Sequence order still equals commit order: the lock
--- is taken before the insert draws its sequences and released only after the commit is visible.
+-- one statement, run in autocommit so that the commit travels in the same message. It takes the
+-- append lock here, after the client's round trips. If a checked stream is not at the planned
+-- version, or an event id the plan took as new is stored, or an appender still in flight wrote
+-- the same stream version or event id (unique violation), nothing is written and no row is
+-- returned: the client reads the real state and plans again. With parallel commits the lock is
+-- released when the rows are in, before the commit; otherwise it is held through the commit.
 -- Lock key: (append namespace "k1s0" << 32) | the schema's OID, as schema.append_lock_key computes.
 CREATE FUNCTION {s}.append_planned(
     p_check_streams TEXT[], p_check_versions BIGINT[], p_check_ids UUID[],
@@ -242,25 +298,59 @@ CREATE FUNCTION {s}.append_planned(
     p_payloads TEXT[], p_metadata TEXT[], p_occurred TIMESTAMPTZ[]
 ) RETURNS TABLE (r_event_id UUID, r_sequence BIGINT, r_stored_at TIMESTAMPTZ)
 LANGUAGE plpgsql AS $$
+DECLARE
+    lock_key CONSTANT BIGINT := (1798402864::bigint << 32) | '{schema_literal}'::regnamespace::oid::bigint;
+    parallel CONSTANT BOOLEAN := {s}.parallel_commits();
+    ids UUID[];
+    sequences BIGINT[];
+    stored TIMESTAMPTZ[];
 BEGIN
-    PERFORM pg_advisory_xact_lock((1798402864::bigint << 32) | '{schema_literal}'::regnamespace::oid::bigint);
-    IF EXISTS (SELECT 1 FROM unnest(p_check_streams, p_check_versions) AS c(id, v)
-               LEFT JOIN {s}.event_streams es ON es.id = c.id
-               WHERE coalesce(es.current_version, 0) <> c.v)
-       OR (cardinality(p_check_ids) > 0
-           AND EXISTS (SELECT 1 FROM {s}.events ev WHERE ev.event_id = ANY(p_check_ids))) THEN
-        RETURN;
+    IF parallel THEN
+        PERFORM pg_advisory_lock(lock_key);
+    ELSE
+        PERFORM pg_advisory_xact_lock(lock_key);
     END IF;
-    RETURN QUERY
-    WITH streams AS (
-        INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)
-        SELECT * FROM unnest(p_streams, p_aggregate_types, p_stream_versions)
-        ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW())
-    INSERT INTO {s}.events AS ev (event_id, stream_id, version, event_type, payload, metadata, occurred_at)
-    SELECT u.e, u.sid, u.v, u.t, u.p::jsonb, u.m::jsonb, u.o
-    FROM unnest(p_ids, p_stream_ids, p_versions, p_types, p_payloads, p_metadata, p_occurred)
-        AS u(e, sid, v, t, p, m, o)
-    RETURNING ev.event_id, ev.sequence, ev.stored_at;
+    BEGIN
+        IF EXISTS (SELECT 1 FROM unnest(p_check_streams, p_check_versions) AS c(id, v)
+                   LEFT JOIN {s}.event_streams es ON es.id = c.id
+                   WHERE coalesce(es.current_version, 0) <> c.v)
+           OR (cardinality(p_check_ids) > 0
+               AND EXISTS (SELECT 1 FROM {s}.events ev WHERE ev.event_id = ANY(p_check_ids))) THEN
+            IF parallel THEN
+                PERFORM pg_advisory_unlock(lock_key);
+            END IF;
+            RETURN;
+        END IF;
+        PERFORM {s}.mark_in_flight();
+        WITH streams AS (
+            INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)
+            SELECT * FROM unnest(p_streams, p_aggregate_types, p_stream_versions)
+            ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW()),
+        ins AS (
+            INSERT INTO {s}.events AS ev (event_id, stream_id, version, event_type, payload, metadata, occurred_at)
+            SELECT u.e, u.sid, u.v, u.t, u.p::jsonb, u.m::jsonb, u.o
+            FROM unnest(p_ids, p_stream_ids, p_versions, p_types, p_payloads, p_metadata, p_occurred)
+                AS u(e, sid, v, t, p, m, o)
+            RETURNING ev.event_id, ev.sequence, ev.stored_at)
+        SELECT array_agg(ins.event_id), array_agg(ins.sequence), array_agg(ins.stored_at)
+            INTO ids, sequences, stored FROM ins;
+    EXCEPTION
+        WHEN unique_violation THEN
+            -- An appender still in flight took this stream version or event id: a stale plan.
+            IF parallel THEN
+                PERFORM pg_advisory_unlock(lock_key);
+            END IF;
+            RETURN;
+        WHEN OTHERS OR query_canceled THEN
+            IF parallel THEN
+                PERFORM pg_advisory_unlock(lock_key);
+            END IF;
+            RAISE;
+    END;
+    IF parallel THEN
+        PERFORM pg_advisory_unlock(lock_key);
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(ids, sequences, stored);
 END;
 $$;
 """,
@@ -313,6 +403,22 @@ async def migrate(conn: Any, schema: str) -> list[int]:
     return applied
 
 
+async def parallel_commits(conn: Any, schema: str) -> bool:
+    """Whether appenders of ``schema`` commit in parallel (migration 4; see its comments)."""
+    q = quote_ident(schema, "schema")
+    return bool(await conn.fetchval(f"SELECT {q}.parallel_commits()"))
+
+
+async def enable_parallel_commits(conn: Any, schema: str) -> None:
+    """Let appenders release the append lock before their commit. Only once every sidecar of the
+    schema runs a release that reads the global order up to ``safe_sequence()`` (this one):
+    an older sidecar's subscriptions and forwarder could otherwise skip a late commit."""
+    q = quote_ident(schema, "schema")
+    await conn.execute(
+        f"CREATE OR REPLACE FUNCTION {q}.parallel_commits() RETURNS BOOLEAN LANGUAGE sql IMMUTABLE AS 'SELECT true'"
+    )
+
+
 async def applied_version(conn: Any, schema: str) -> int:
     """The highest applied migration (0: schema or migrations table missing)."""
     exists = await conn.fetchval(
@@ -337,6 +443,7 @@ def app_role_grants(schema: str, role: str) -> list[str]:
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
         f"GRANT EXECUTE ON FUNCTION {s}.delete_stream(TEXT) TO {r}",
         f"GRANT EXECUTE ON FUNCTION {s}.append_planned({_APPEND_PLANNED_ARGS}) TO {r}",
+        f"GRANT EXECUTE ON FUNCTION {s}.mark_in_flight(), {s}.safe_sequence(), {s}.parallel_commits() TO {r}",
         f"GRANT SELECT, UPDATE ON {s}.forwarder_checkpoint TO {r}",
     ]
 

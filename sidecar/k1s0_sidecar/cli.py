@@ -29,7 +29,13 @@ def _cmd_version(args: argparse.Namespace) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from k1s0_event_store.schema import LATEST_VERSION, migrate, validate_identifier
+    from k1s0_event_store.schema import (
+        LATEST_VERSION,
+        enable_parallel_commits,
+        migrate,
+        parallel_commits,
+        validate_identifier,
+    )
 
     dsn = args.database_url or os.environ.get("EVENTSTORE_DATABASE_URL")
     schema = args.schema or os.environ.get("EVENTSTORE_DATABASE_SCHEMA") or "event_store"
@@ -42,15 +48,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> list[int]:
+    async def run() -> tuple[list[int], bool]:
         conn = await asyncpg.connect(dsn)
         try:
-            return await migrate(conn, schema)
+            applied = await migrate(conn, schema)
+            if args.parallel_commits:
+                await enable_parallel_commits(conn, schema)
+            return applied, await parallel_commits(conn, schema)
         finally:
             await conn.close()
 
     try:
-        applied = asyncio.run(run())
+        applied, parallel = asyncio.run(run())
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"error: migration failed: {exc}", file=sys.stderr)
         return 1
@@ -58,6 +67,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print(f"schema {schema}: applied migrations {', '.join(map(str, applied))} (now at {LATEST_VERSION})")
     else:
         print(f"schema {schema}: up to date (migration {LATEST_VERSION})")
+    print(f"schema {schema}: parallel commits {'on' if parallel else 'off (see --parallel-commits)'}")
     return 0
 
 
@@ -96,6 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .config import ConfigError, load_config
+    from .logs import configure_logging
     from .runtime import PortInUseError, serve
 
     overrides = {"database": {"migrate": True}} if args.migrate else None
@@ -104,10 +115,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.app.log_format, os.environ.get("EVENTSTORE_LOG_LEVEL", "INFO"))
     # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -158,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the event tables in a schema")
     p.add_argument("--database-url", help="PostgreSQL URL (default: $EVENTSTORE_DATABASE_URL)")
     p.add_argument("--schema", help="schema name (default: $EVENTSTORE_DATABASE_SCHEMA or event_store)")
+    p.add_argument(
+        "--parallel-commits", action="store_true",
+        help="let appenders of this schema commit in parallel (on for new schemas; for a schema upgraded "
+        "from an older release, only once every sidecar of it runs this release)",
+    )
     p.set_defaults(handler=_cmd_migrate)
 
     p = sub.add_parser(

@@ -37,6 +37,8 @@ class AppSection:
     name: str = "event-store"
     version: str = "0.1.0"
     environment: str = "production"
+    #: json: one JSON object per line (log pipelines); text: readable lines plus an access log.
+    log_format: Literal["json", "text"] = "json"
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,11 @@ def classify(exc: BaseException) -> tuple[str, str, list[dict[str, Any]]]:
     return code, message, details
 
 
+def error_code(exc: BaseException) -> str:
+    """The code ``exc`` is answered with (what ``classify`` decides, without logging anything)."""
+    return exc.code if isinstance(exc, EventStoreError) and exc.code in ERROR_MAP else INTERNAL_CODE
+
+
 def http_status(code: str) -> int:
     return ERROR_MAP.get(code, ERROR_MAP[INTERNAL_CODE]).http
 

@@ -178,6 +178,7 @@ class Forwarder:
         self._monitor_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._wanted = 0  # the highest sequence this sidecar committed (see _lead)
         # status
         self.state = "stopped"
         self.checkpoint: int | None = None
@@ -414,10 +415,11 @@ class Forwarder:
 
     # -- forwarding ----------------------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, sequence: int = 0) -> None:
         """This sidecar committed events: look for them now rather than at the next poll. The
         active forwarder finds other sidecars' commits by polling (``poll_interval``): appends do
         not notify (a NOTIFY per commit woke every sidecar of the fleet)."""
+        self._wanted = max(self._wanted, sequence)
         self._wake.set()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
@@ -447,17 +449,29 @@ class Forwarder:
             "SELECT sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
             " FROM (SELECT *, sum(pg_column_size(payload) + pg_column_size(metadata)) OVER (ORDER BY sequence)"
             " - (pg_column_size(payload) + pg_column_size(metadata)) AS before"
-            f" FROM {self._s}.events WHERE sequence > $1 ORDER BY sequence LIMIT $2) e"
+            f" FROM {self._s}.events WHERE sequence > $1 AND sequence <= $4 ORDER BY sequence LIMIT $2) e"
             " WHERE before < $3 ORDER BY sequence"
         )
+        # Appenders commit in parallel: read only up to the safe sequence (taken by a statement of
+        # its own, before the read's snapshot), or a late commit below the checkpoint is never sent.
+        safe_sql = f"SELECT {self._s}.safe_sequence()"
+        chases = 0
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                rows = await conn.fetch(sql, position, self.batch_events, self.read_budget_bytes,
-                                        timeout=self.query_timeout)
+                safe = await conn.fetchval(safe_sql, timeout=self.query_timeout)
+                rows = await conn.fetch(sql, position, self.batch_events, self.read_budget_bytes, safe,
+                                        timeout=self.query_timeout) if safe > position else []
                 if not rows:
-                    await self._idle(self.poll_interval)
+                    # An own commit not readable yet waits for an appender below it that is still
+                    # committing (commits run in parallel): look again soon, not at the next poll,
+                    # for a while (the event may also have been deleted meanwhile).
+                    chases = chases + 1 if self._wanted > position else 0
+                    if chases > 12:
+                        self._wanted = chases = 0
+                    await self._idle(0.002 * chases if chases else self.poll_interval)
                     continue
+                chases = 0
                 try:
                     if publisher is None:
                         publisher = await self._new_publisher()

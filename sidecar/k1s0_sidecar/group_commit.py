@@ -36,14 +36,14 @@ class GroupCommitter:
         max_batch: int = 256,
         linger_seconds: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
-        on_commit: Callable[[], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._append_batch = append_batch
         self._max_batch = max_batch
         self._linger = linger_seconds
         self._on_batch = on_batch
-        # Called after a batch that stored something: this sidecar's readers (subscriptions, the
-        # forwarder) look at once instead of at their next poll.
+        # Called with the highest sequence of a batch that stored something: this sidecar's readers
+        # (subscriptions, the forwarder) look at once instead of at their next poll.
         self._on_commit = on_commit
         self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -120,14 +120,15 @@ class GroupCommitter:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        stored = False
+        highest = 0
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
-            stored = stored or not isinstance(outcome, EventStoreError)
+            if not isinstance(outcome, EventStoreError) and outcome.events:
+                highest = max(highest, outcome.events[-1].sequence or 0)
             if fut.done():
                 continue
             if isinstance(outcome, EventStoreError):
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome)
-        if stored and self._on_commit is not None:
-            self._on_commit()
+        if highest and self._on_commit is not None:
+            self._on_commit(highest)

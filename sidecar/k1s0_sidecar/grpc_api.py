@@ -6,6 +6,7 @@ method, unary or streaming; servicer methods only convert protobuf to calls and 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import time
@@ -34,9 +35,9 @@ from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 
-from . import tracing, wire
+from . import audit, tracing, wire
 from .authz import Authenticator, Principal, Role, check
-from .errors import grpc_status, new_request_id
+from .errors import ERROR_MAP, INTERNAL_CODE, error_code, grpc_status, new_request_id
 from .metrics import Metrics
 from .service import EventStoreService, audit_subject, audited_metadata, time_texts
 from .subscriptions import BATCH_LIMIT, Batch
@@ -153,6 +154,20 @@ def add_appended_pb(
             occurred_at=when(p.occurred_at), stored_at=when(stored.stored_at), event_id=str(p.event_id))
 
 
+def expected_version_from_pb(value: int) -> int | None:
+    """The design's int64 ``expected_version`` as the service takes it: unset is 0 (new or empty),
+    as a client generated from the design's proto means it; only ``EXPECTED_VERSION_ANY`` (-2),
+    sent on purpose, turns the check off (None)."""
+    if value == pb.EXPECTED_VERSION_ANY:
+        return None
+    if value < pb.EXPECTED_VERSION_NO_STREAM:
+        raise ValidationError(
+            f"expected_version must be -2 (any version), -1 (no stream), 0 or a positive version (got {value})",
+            field="expected_version",
+        )
+    return value
+
+
 def snapshot_to_pb(s: Snapshot) -> pb.Snapshot:
     return pb.Snapshot(
         id=s.id,
@@ -205,8 +220,9 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         data = request.events
         depth = self.service.settings.max_json_depth
         events = [prepared_from_pb(d, i, subject, now, depth) for i, d in enumerate(data)]
-        expected = request.expected_version if request.HasField("expected_version") else None
-        append, result = await self.service.append_prepared(request.stream_id, events, expected)
+        append, result = await self.service.append_prepared(
+            request.stream_id, events, expected_version_from_pb(request.expected_version)
+        )
         response = pb.AppendEventsResponse(stream_id=result.stream_id.value, current_version=result.current_version)
         # audited or traced: the stored metadata differs from the request's, so it is what is echoed
         add_appended_pb(response.events, append, result, data, subject is not None or tracing.ENABLED)
@@ -375,12 +391,20 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         required = RPC_ROLES[method]
         ok = self.metrics.grpc_requests.labels(method, "OK")  # (labels() per call is a lookup with a lock)
         latency = self.metrics.grpc_latency.labels(method)
+        operation = audit.GRPC_OPERATIONS.get(method)  # every write is audited
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary(request: Any, context: Any) -> Any:
                 started = time.perf_counter()
                 request_id = _metadata(context, "x-request-id") or new_request_id()
+                # (the peer is looked up only when a line will name it: reads are the hot path; and
+                # only now, while the call is live: grpc's peer() on a cancelled call crashes the process)
+                client = audit.peer_address(context.peer()) if operation or audit.access_on() else None
+                opened = (
+                    audit.begin(operation, "grpc", request_id, client, getattr(request, "stream_id", None))
+                    if operation is not None else None
+                )
                 try:
                     token = _principal.set(await self._authorize(context, required))
                     try:
@@ -389,8 +413,20 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     finally:
                         _principal.reset(token)
                 except Exception as exc:
+                    code = self._code(exc, context)
+                    if opened is not None:
+                        audit.finish(*opened, audit.FAILURE, error_code(exc), grpc_status=code)
+                    audit.access("grpc", "gRPC", method, code, started, request_id, client)
                     await self._abort(context, exc, request_id, method, started)
                     raise
+                except BaseException:  # cancelled by the client: the write may or may not have happened
+                    if opened is not None:
+                        audit.finish(*opened, audit.CANCELLED, grpc_status="CANCELLED")
+                    audit.access("grpc", "gRPC", method, "CANCELLED", started, request_id, client)
+                    raise
+                if opened is not None:
+                    audit.finish(*opened, audit.SUCCESS, grpc_status="OK")
+                audit.access("grpc", "gRPC", method, "OK", started, request_id, client)
                 ok.inc()
                 latency.observe(time.perf_counter() - started)
                 return response
@@ -405,6 +441,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 request_id = _metadata(context, "x-request-id") or new_request_id()
+                # Asked now, while the call is live: grpc's peer() on a cancelled call crashes the process.
+                client = audit.peer_address(context.peer()) if audit.access_on() else None
                 try:
                     token = _principal.set(await self._authorize(context, required))
                     try:
@@ -412,10 +450,18 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                         async for item in inner_stream(request, context):
                             yield item
                     finally:
-                        _principal.reset(token)
+                        # A cancelled call's generator is closed from another context, where the token
+                        # cannot be reset (and need not be); raising here would hide the cancellation.
+                        with contextlib.suppress(ValueError):
+                            _principal.reset(token)
                 except Exception as exc:
+                    audit.access("grpc", "gRPC", method, self._code(exc, context), started, request_id, client)
                     await self._abort(context, exc, request_id, method, started)
                     raise
+                except BaseException:  # the subscriber went away
+                    audit.access("grpc", "gRPC", method, "CANCELLED", started, request_id, client)
+                    raise
+                audit.access("grpc", "gRPC", method, "OK", started, request_id, client)
                 ok.inc()
                 latency.observe(time.perf_counter() - started)
 
@@ -436,8 +482,16 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if required is None:
             return None
         principal = await self.authenticator.authenticate(_metadata(context, "authorization"))
+        audit.note_principal(principal)
         check(principal, required)
         return principal
+
+    @staticmethod
+    def _code(exc: BaseException, context: Any) -> str:
+        """The gRPC status name ``exc`` is answered with (as ``grpc_status`` renders it)."""
+        if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with a status of its own
+            return str(getattr(context.code(), "name", "UNKNOWN"))
+        return ERROR_MAP.get(error_code(exc), ERROR_MAP[INTERNAL_CODE]).grpc.name
 
     async def _abort(self, context: Any, exc: BaseException, request_id: str, method: str, started: float) -> None:
         if isinstance(exc, grpc.aio.AbortError):

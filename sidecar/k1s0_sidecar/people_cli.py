@@ -215,7 +215,9 @@ def register(sub: Any) -> None:
     p.add_argument("--type", required=True)
     p.add_argument("--payload", required=True, help="JSON")
     p.add_argument("--metadata", help="JSON object")
-    p.add_argument("--expected-version", type=int)
+    p.add_argument("--expected-version", type=int,
+                   help="the stream must be at this version (0: new or empty, -1: must not exist); "
+                        "omitted: any version")
     add_connection_args(p)
     p.set_defaults(handler=_run(_streams_append))
     p = ssub.add_parser("delete", help="delete a stream with its events and snapshots (sys_admin)")

@@ -30,9 +30,9 @@ from k1s0_event_store import (
     parse_json,
 )
 
-from . import console, wire
+from . import audit, console, wire
 from .authz import Authenticator, Principal, Role, check
-from .errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, http_status, new_request_id
+from .errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, error_code, http_status, new_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .service import EventStoreService
@@ -136,6 +136,8 @@ class RestApi:
         #: The subscription hub (set by the runtime); the SSE routes need it.
         self.subscriptions: Any = None
         self._roles: dict[str, Role | None] = {}
+        #: The audited write operation of each route (method and path), if it is one.
+        self._operations: dict[str, str] = {}
 
     @property
     def routes(self) -> list[Route]:
@@ -170,9 +172,11 @@ class RestApi:
             resource = app.router.add_resource(r.path, name=None)
             resource.add_route(r.method, r.handler)
             self._roles[f"{r.method} {r.path}"] = r.role
+            if r.name in audit.REST_OPERATIONS:
+                self._operations[f"{r.method} {r.path}"] = audit.REST_OPERATIONS[r.name]
         return app
 
-    # -- middleware: request id, auth, errors, metrics --------------------------------------
+    # -- middleware: request id, auth, errors, metrics, audit and access log -------------------
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -182,10 +186,18 @@ class RestApi:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         started = time.perf_counter()
+        key = f"{request.method} {route}"
+        transport = request.transport
+        client = audit.peer_address(transport.get_extra_info("peername") if transport is not None else None)
+        operation = self._operations.get(key)
+        opened = (
+            audit.begin(operation, "rest", request_id, client, request.match_info.get("stream_id"))
+            if operation is not None else None
+        )
+        failure: BaseException | None = None
         try:
             if request.content_length is not None and request.content_length > self.max_body_bytes:
                 raise _too_large(request)  # refused before a byte of it is read
-            key = f"{request.method} {route}"
             if resource is not None and key not in self._roles:
                 # fail closed, like the gRPC interceptor: a route added without a rule is refused
                 raise PermissionDeniedError(f"no authorisation rule for {key}")
@@ -193,13 +205,25 @@ class RestApi:
                 required = self._roles[key]
                 if required is not None:
                     principal = await self.authenticator.authenticate(request.headers.get("Authorization"))
+                    audit.note_principal(principal)
                     check(principal, required)
                     request[PRINCIPAL_KEY] = principal
             response = await handler(request)
         except web.HTTPException as exc:
-            response = self._http_exception(exc, request_id)
+            failure = self._http_error(exc)
+            response = self._error(failure, request_id)
         except Exception as exc:
+            failure = exc
             response = self._error(exc, request_id)
+        except BaseException:  # cancelled: the write may or may not have happened
+            if opened is not None:
+                audit.finish(*opened, audit.CANCELLED)
+            raise
+        if opened is not None:
+            audit.finish(*opened, audit.SUCCESS if failure is None else audit.FAILURE,
+                         None if failure is None else error_code(failure), http_status=response.status)
+        audit.access("rest", request.method, request.rel_url.raw_path, str(response.status), started, request_id,
+                     client)
         if response.status == 408:
             response.force_close()  # the rest of a late body must not be read as the next request
         response.headers["X-Request-Id"] = request_id
@@ -214,7 +238,8 @@ class RestApi:
             response.headers["WWW-Authenticate"] = 'Bearer realm="k1s0-eventstore"'
         return response
 
-    def _http_exception(self, exc: web.HTTPException, request_id: str) -> web.Response:
+    def _http_error(self, exc: web.HTTPException) -> BaseException:
+        """aiohttp's own refusals as our errors (5xx stay as they are: internal)."""
         if exc.status == 404:
             err = RequestError("SYS_EVSTORE_ROUTE_NOT_FOUND", "no such route")
         elif exc.status == 405:
@@ -226,8 +251,8 @@ class RestApi:
         elif exc.status < 500:
             err = RequestError("SYS_EVSTORE_VALIDATION_ERROR", exc.reason or "bad request")
         else:
-            return self._error(exc, request_id)
-        return self._error(err, request_id)
+            return exc
+        return err
 
     async def _body(self, request: web.Request) -> Any:
         return await _body(request, self.body_timeout, self.service.settings.max_json_depth)

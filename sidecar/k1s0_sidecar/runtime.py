@@ -32,7 +32,7 @@ from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnaps
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
 
-from . import tracing
+from . import audit, tracing
 from .authz import Authenticator, NoAuthenticator
 from .config import Config
 from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
@@ -148,7 +148,8 @@ class Maintenance:
                 rt.metrics.streams.set(count)
                 days = rt.config.event_store.snapshot_retention_days
                 if days and time.monotonic() - last_prune > 3600:
-                    removed = await rt.snapshots.prune(datetime.now(UTC) - timedelta(days=days))
+                    with audit.system_write("prune_snapshots", "snapshot-retention"):
+                        removed = await rt.service.prune_snapshots(datetime.now(UTC) - timedelta(days=days))
                     last_prune = time.monotonic()
                     if removed:
                         log.info("pruned %d snapshots older than %d days", removed, days)
@@ -261,11 +262,12 @@ class Sidecar:
         log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
                  cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
 
-    def _committed(self) -> None:
-        """This sidecar stored events: wake its own readers (other sidecars find them by polling)."""
-        self.subscriptions.wake()
+    def _committed(self, sequence: int) -> None:
+        """This sidecar stored events up to ``sequence``: wake its own readers (other sidecars find
+        them by polling)."""
+        self.subscriptions.wake(sequence)
         if self.forwarder is not None:
-            self.forwarder.wake()
+            self.forwarder.wake(sequence)
 
     def _extend(self) -> None:
         """Hook for optional parts (subscriptions, forwarder) to add routes and components."""

@@ -40,7 +40,7 @@ from k1s0_event_store._model import (
     validate_version_bound,
 )
 
-from . import tracing
+from . import audit, tracing
 from .authz import Principal
 from .config import EventStoreSection
 from .group_commit import GroupCommitter
@@ -156,6 +156,7 @@ class EventStoreService:
 
     async def commit(self, request: AppendRequest) -> AppendResult:
         started = time.perf_counter()
+        audit.note_append(request)
         try:
             with self.metrics.appends_pending.track_inprogress():
                 if self.committer is not None:
@@ -168,9 +169,11 @@ class EventStoreService:
         except Exception as exc:
             if getattr(exc, "code", "") == "SYS_EVSTORE_VERSION_CONFLICT":
                 self.metrics.append_conflicts.inc()
+                audit.note(actual_version=getattr(exc, "actual_version", None))
             raise
         if tracing.ENABLED:
             tracing.appended(result)
+        audit.note(resulting_version=result.current_version)
         self.metrics.append_latency.observe(time.perf_counter() - started)
         self.metrics.events_appended.inc(len(result.events))
         if result.events and result.events[0].version == 1 and result.events[0].event_id == request.events[0].event_id:
@@ -297,8 +300,10 @@ class EventStoreService:
         return result
 
     async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
+        audit.note(snapshot_version=version)
         validate_version_bound(version, "snapshot_version", 1)
         snap = await self.snapshots.save(StreamId.parse(stream_id), version, state, aggregate_type or None)
+        audit.note(snapshot_id=snap.id)
         self.metrics.snapshots_created.inc()
         return snap
 
@@ -311,12 +316,17 @@ class EventStoreService:
         return snap
 
     async def prune_snapshots(self, older_than: datetime) -> int:
-        return await self.snapshots.prune(validate_timestamp(older_than, "older_than"))
+        older_than = validate_timestamp(older_than, "older_than")
+        audit.note(older_than=older_than)
+        removed = await self.snapshots.prune(older_than)
+        audit.note(removed_snapshots=removed)
+        return removed
 
     async def delete_stream(self, stream_id: str) -> int:
         if tracing.ENABLED:
             tracing.stream(stream_id)
         removed = await self.store.delete_stream(StreamId.parse(stream_id))
+        audit.note(deleted_events=removed)
         self.metrics.streams_deleted.inc()
         return removed
 

@@ -53,6 +53,9 @@ from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
 log = logging.getLogger(__name__)
 
 _PAGE = 500
+#: Looking again for an own commit not yet readable: at most this many times, 2 ms, 4 ms, … apart.
+_CHASES = 12
+_CHASE_STEP = 0.002
 #: At most this many queued events are handed to a subscriber at once.
 BATCH_LIMIT = 256
 
@@ -161,6 +164,8 @@ class SubscriptionHub:
         self._subscribers: set[Subscriber] = set()
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0  # the highest sequence this sidecar committed that the reader has not read
+        self._chases = 0
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._closed = False
@@ -197,10 +202,24 @@ class SubscriptionHub:
         if payload == self.schema:
             self._wake_up()
 
-    def wake(self) -> None:
-        """This sidecar committed events: read them now rather than at the next poll."""
+    def wake(self, sequence: int = 0) -> None:
+        """This sidecar committed events up to ``sequence``: read them now, not at the next poll."""
         if self._subscribers:
+            self._wanted = max(self._wanted, sequence)
             self._wake_up()
+
+    def _chase(self) -> None:
+        """Our own commit is not readable yet (an appender below it is still committing: commits
+        run in parallel and reads stop at the safe sequence): look again in a few milliseconds
+        rather than at the next poll, for a while."""
+        if self._wanted <= self.head or not self._subscribers:
+            self._wanted = self._chases = 0
+            return
+        self._chases += 1
+        if self._chases > _CHASES:
+            self._wanted = self._chases = 0
+            return
+        asyncio.get_running_loop().call_later(_CHASE_STEP * self._chases, self._wake_up)
 
     def _on_delete(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         schema, _, stream = payload.partition("/")
@@ -255,6 +274,8 @@ class SubscriptionHub:
                         self._dispatch(event)
                     if len(events) < 1000:
                         break
+                if self._wanted:
+                    self._chase()
             except (UnavailableError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("subscription reader: %s", exc)
 

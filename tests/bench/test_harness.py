@@ -71,7 +71,7 @@ def test_go_client_requests() -> None:
     assert 1000 <= len(requests) <= grpcgo.MAX_REQUESTS
     first = pb.AppendEventsRequest.FromString(requests[0])
     assert len(first.events) == 3 and len(first.events[0].payload_json) == PAYLOAD_BYTES
-    assert not first.HasField("expected_version")
+    assert first.expected_version == pb.EXPECTED_VERSION_ANY  # unset would mean "version 0"
     chooser = StreamChooser("zipf", 420 * 1000, "grpc")
     streams = [pb.AppendEventsRequest.FromString(r).stream_id for r in requests[:50]]
     assert streams == [chooser.next() for _ in range(50)]

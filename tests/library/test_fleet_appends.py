@@ -22,7 +22,7 @@ from k1s0_event_store import (
     ValidationError,
     prepare_append,
 )
-from k1s0_event_store.schema import append_lock_key
+from k1s0_event_store.schema import append_lock_key, enable_parallel_commits, parallel_commits
 
 
 @pytest.fixture
@@ -196,15 +196,109 @@ async def test_the_append_lock_is_not_held_across_client_round_trips(config: Eve
                 classid, objid,
             )
             samples += 1
+            # (pg_locks and pg_stat_activity are read one after the other: a holder may be seen
+            # 'idle' just after it released the lock and finished; inside a transaction it may not.)
             for r in rows:
-                if r["state"] == "idle in transaction" or r["wait_event"] == "ClientRead":
+                if r["state"] == "idle in transaction":
                     holders_waiting_on_client.append(f"{r['state']}/{r['wait_event']}")
         stop.set()
 
     try:
         await asyncio.gather(sample(), *(writer(i) for i in range(8)))
+        # With parallel commits the lock is a session lock released inside the statement: none may
+        # be left behind on a pooled connection (every other appender would wait on it forever).
+        leftover = await watcher.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid AND objid = $2::oid"
+            " AND objsubid = 1",
+            key >> 32, key & 0xFFFFFFFF,
+        )
     finally:
         await watcher.close()
         await store.close()
     assert samples == 300
     assert holders_waiting_on_client == []
+    assert leftover == 0
+
+
+async def _append_in_open_transaction(conn: asyncpg.Connection, schema: str, stream: str) -> int:
+    """What a sidecar's append does, but inside a transaction left open: the rows are in, the
+    append lock is released (parallel commits), the commit has not happened."""
+    now = await conn.fetchval("SELECT now()")
+    await conn.execute("BEGIN")
+    rows = await conn.fetch(
+        f'SELECT * FROM "{schema}".append_planned($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)',
+        [stream], [0], [], [stream], ["held"], [1], [uuid.uuid4()], [stream], [1], ["Held"], ['{"n": 0}'],
+        ["{}"], [now],
+    )
+    assert rows, "the plan was not stale"
+    return int(rows[0]["r_sequence"])
+
+
+async def test_a_later_commit_is_not_read_past_an_earlier_append_still_committing(
+    config: EventStoreConfig, pg_dsn: str
+) -> None:
+    """Parallel commits: an append holds sequence n and has not committed; another commits n+1.
+    Readers of the global order must stop below n until it commits, then see both, in order."""
+    store = PostgresEventStore(config)
+    held = await asyncpg.connect(pg_dsn)
+    try:
+        await store.append("before", [ev(0)])
+        low = await _append_in_open_transaction(held, config.schema, "held-1")
+        high = await asyncio.wait_for(store.append_batch([prepare_append("later-1", [ev(1)])]), 10)
+        result = high[0]
+        assert isinstance(result, AppendResult)
+        later = result.events[0].sequence
+        assert later is not None and later > low, "the later append did not wait for the held one"
+        seen = [e.sequence for e in await store.read_all(0)]
+        assert later not in seen and low not in seen
+        assert await store.head_sequence() < low
+        assert [e.stream_id for e in await store.read_all_encoded(0)] == ["before"]
+        await held.execute("COMMIT")
+        assert [(e.stream, e.sequence) for e in await store.read_all(0)][-2:] == [("held-1", low), ("later-1", later)]
+        assert await store.head_sequence() == later
+    finally:
+        await held.close()
+        await store.close()
+
+
+async def test_a_rolled_back_append_frees_the_readers(config: EventStoreConfig, pg_dsn: str) -> None:
+    store = PostgresEventStore(config)
+    held = await asyncpg.connect(pg_dsn)
+    try:
+        low = await _append_in_open_transaction(held, config.schema, "held-2")
+        await store.append("later-2", [ev(1)])
+        assert await store.read_all(0) == []
+        await held.execute("ROLLBACK")
+        assert [e.stream for e in await store.read_all(0)] == ["later-2"]
+        assert low not in [e.sequence for e in await store.read_all(0)]
+    finally:
+        await held.close()
+        await store.close()
+
+
+async def test_without_parallel_commits_the_lock_is_held_through_the_commit(
+    config: EventStoreConfig, pg_dsn: str
+) -> None:
+    """A schema upgraded from the previous release (it had events) starts with parallel commits
+    off: an append waits for the one in flight, as sidecars of the previous release expect."""
+    admin = await asyncpg.connect(pg_dsn)
+    store = PostgresEventStore(config)
+    held = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(
+            f'CREATE OR REPLACE FUNCTION "{config.schema}".parallel_commits() RETURNS BOOLEAN'
+            " LANGUAGE sql IMMUTABLE AS 'SELECT false'"
+        )
+        assert not await parallel_commits(admin, config.schema)
+        await _append_in_open_transaction(held, config.schema, "held-3")
+        waiting = asyncio.create_task(store.append("later-3", [ev(1)]))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiting), 0.5)
+        await held.execute("COMMIT")
+        assert await asyncio.wait_for(waiting, 10) == 1
+        await enable_parallel_commits(admin, config.schema)
+        assert await parallel_commits(admin, config.schema)
+    finally:
+        await held.close()
+        await admin.close()
+        await store.close()

@@ -60,8 +60,11 @@ def _make_run_command() -> tuple[list[str], dict[str, str]]:
     recipe = re.search(r"^run: .*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M)
     assert recipe is not None
     line = recipe.group(1)
-    assert line == "EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} $(BIN)/k1s0-eventstore serve $(ARGS)", line
-    return [sys.executable, "-m", "k1s0_sidecar.cli", "serve"], {"EVENTSTORE_AUTH_MODE": "none"}
+    assert line == ("EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} "
+                    "EVENTSTORE_APP_LOG_FORMAT=$${EVENTSTORE_APP_LOG_FORMAT:-text} "
+                    "$(BIN)/k1s0-eventstore serve $(ARGS)"), line
+    return [sys.executable, "-m", "k1s0_sidecar.cli", "serve"], {"EVENTSTORE_AUTH_MODE": "none",
+                                                                  "EVENTSTORE_APP_LOG_FORMAT": "text"}
 
 
 def test_readme_python_example_runs_against_make_run(tmp_path: Path) -> None:

@@ -74,21 +74,6 @@ async def test_append_read_and_by_sequence(stub: pb_grpc.EventStoreServiceStub, 
     assert _plain(one.event) == _plain(first)
 
 
-async def test_expected_version_absent_means_any(stub: pb_grpc.EventStoreServiceStub, stream: str) -> None:
-    await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data()]))
-    resp = await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data()]))
-    assert resp.current_version == 2
-    await expect_error(
-        stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data()], expected_version=0)),
-        grpc.StatusCode.ABORTED, "SYS_EVSTORE_VERSION_CONFLICT",
-    )
-    err = await expect_error(
-        stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data()], expected_version=-1)),
-        grpc.StatusCode.ALREADY_EXISTS, "SYS_EVSTORE_STREAM_ALREADY_EXISTS",
-    )
-    assert "already exists" in (err.details() or "")
-
-
 async def test_conflict_details(stub: pb_grpc.EventStoreServiceStub, stream: str) -> None:
     await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data(), data(), data()]))
     err = await expect_error(
@@ -205,7 +190,8 @@ async def test_metadata_round_trip_keeps_extra_keys_and_nulls(stub: pb_grpc.Even
 
 async def test_read_all(stub: pb_grpc.EventStoreServiceStub, stream: str) -> None:
     a = await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data("First")]))
-    await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data("Second")]))
+    await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data("Second")],
+                                                   expected_version=pb.EXPECTED_VERSION_ANY))
     resp = await stub.ReadAll(pb.ReadAllRequest(after_sequence=a.events[0].sequence - 1, stream_prefixes=[stream]))
     assert [e.event_type for e in resp.events] == ["First", "Second"]
     assert resp.head_sequence >= resp.events[-1].sequence

@@ -24,6 +24,12 @@ from k1s0_sidecar.subscriptions import BATCH_LIMIT
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
+
+def any_version(**fields: Any) -> pb.AppendEventsRequest:
+    """An append at whatever version the stream is at: these tests append to streams that already
+    have events, and an unset expected_version means version 0."""
+    return pb.AppendEventsRequest(**fields, expected_version=pb.EXPECTED_VERSION_ANY)
+
 DEADLINE = 60.0
 
 
@@ -75,7 +81,7 @@ async def test_batched_subscriber_gets_every_event_once_in_order_across_catch_up
 ) -> None:
     # history first: the catch-up hands the subscription pages far larger than max_batch
     for k in range(6):
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{prefix}h", events=events(50, 50 * k)))
+        await stub.AppendEvents(any_version(stream_id=f"{prefix}h", events=events(50, 50 * k)))
     writers, appends, per = 6, 25, 10
     total = 300 + writers * appends * per
     call = stub.SubscribeToAll(pb.SubscribeToAllRequest(stream_prefixes=[prefix], max_batch=7))
@@ -83,7 +89,7 @@ async def test_batched_subscriber_gets_every_event_once_in_order_across_catch_up
 
     async def writer(w: int) -> None:  # real concurrent appenders while the subscriber catches up
         for a in range(appends):
-            await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{prefix}w{w}", events=events(per, a * per)))
+            await stub.AppendEvents(any_version(stream_id=f"{prefix}w{w}", events=events(per, a * per)))
 
     await asyncio.gather(*(writer(w) for w in range(writers)))
     notes = await asyncio.wait_for(reader, DEADLINE)
@@ -99,7 +105,7 @@ async def test_batched_subscriber_gets_every_event_once_in_order_across_catch_up
 async def test_without_batching_every_notification_carries_one_event(
     stub: pb_grpc.EventStoreServiceStub, prefix: str, max_batch: int, rpc: str
 ) -> None:
-    await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{prefix}s", events=events(40)))
+    await stub.AppendEvents(any_version(stream_id=f"{prefix}s", events=events(40)))
     call = subscribe(stub, rpc, f"{prefix}s", prefix, max_batch)
     notes = await asyncio.wait_for(notes_until(call, 40), DEADLINE)
     assert len(notes) == 40
@@ -113,7 +119,7 @@ async def test_max_batch_above_the_limit_is_clamped_to_it(
 ) -> None:
     n = 2 * BATCH_LIMIT + 50  # one catch-up page (500) is more than one limit's worth
     for k in range(0, n, 100):
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{prefix}s", events=events(min(100, n - k), k)))
+        await stub.AppendEvents(any_version(stream_id=f"{prefix}s", events=events(min(100, n - k), k)))
     call = subscribe(stub, rpc, f"{prefix}s", prefix, 1_000_000)
     notes = await asyncio.wait_for(notes_until(call, n), DEADLINE)
     sizes = [len(x.events) for x in notes]
@@ -124,11 +130,11 @@ async def test_max_batch_above_the_limit_is_clamped_to_it(
 async def test_batched_stream_subscription_catch_up_then_live(stub: pb_grpc.EventStoreServiceStub, prefix: str) -> None:
     stream = f"{prefix}one"
     for k in (0, 60):
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=events(60, k)))
+        await stub.AppendEvents(any_version(stream_id=stream, events=events(60, k)))
     call = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream, after_version=15, max_batch=32))
     reader = asyncio.create_task(notes_until(call, 120 - 15 + 200))
     for k in range(20):
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=events(10, 120 + 10 * k)))
+        await stub.AppendEvents(any_version(stream_id=stream, events=events(10, 120 + 10 * k)))
     notes = await asyncio.wait_for(reader, DEADLINE)
     assert all(not x.HasField("event") and 1 <= len(x.events) <= 32 for x in notes)
     assert [e.version for x in notes for e in x.events] == list(range(16, 321))

@@ -23,6 +23,12 @@ from tests.conftest import create_schema, drop_schema
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
+
+def any_version(**fields: Any) -> pb.AppendEventsRequest:
+    """An append at whatever version the stream is at: these tests append to streams that already
+    have events, and an unset expected_version means version 0."""
+    return pb.AppendEventsRequest(**fields, expected_version=pb.EXPECTED_VERSION_ANY)
+
 DEADLINE = 120.0
 
 
@@ -74,7 +80,7 @@ async def test_16_writers_8_all_subscribers_8_stream_subscribers(fresh: ServedSi
         stub = pb_grpc.EventStoreServiceStub(channel)
         # Some history before anyone subscribes.
         for w in range(writers):
-            await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"w-{w}", events=batch("Pre", 0, 5)))
+            await stub.AppendEvents(any_version(stream_id=f"w-{w}", events=batch("Pre", 0, 5)))
         all_outs: list[list[int]] = [[] for _ in range(8)]
         starts: list[int] = [0, 0, 3, 40, 0, 0, 0, 0]  # 4..7 start mid-write (4, 5 at a position; 6, 7 from_end)
         tasks = [asyncio.create_task(collect_all(stub, pb.SubscribeToAllRequest(after_sequence=starts[i]), done,
@@ -98,7 +104,7 @@ async def test_16_writers_8_all_subscribers_8_stream_subscribers(fresh: ServedSi
         async def writer(w: int) -> None:
             nonlocal appended
             for i in range(0, per_writer, chunk):
-                await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"w-{w}", events=batch("Live", i, chunk)))
+                await stub.AppendEvents(any_version(stream_id=f"w-{w}", events=batch("Live", i, chunk)))
                 appended += chunk
                 if appended >= writers * per_writer // 3:
                     progress.set()
@@ -140,7 +146,7 @@ async def test_16_writers_8_all_subscribers_8_stream_subscribers(fresh: ServedSi
 async def test_resume_after_disconnect_gets_exactly_the_rest(sidecar: ServedSidecar, stream: str) -> None:
     async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
         stub = pb_grpc.EventStoreServiceStub(channel)
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=batch("E", 0, 30)))
+        await stub.AppendEvents(any_version(stream_id=stream, events=batch("E", 0, 30)))
         first: list[int] = []
         call = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream))
         async for note in call:
@@ -148,7 +154,7 @@ async def test_resume_after_disconnect_gets_exactly_the_rest(sidecar: ServedSide
             if len(first) == 12:
                 break
         call.cancel()
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=batch("E", 30, 10)))
+        await stub.AppendEvents(any_version(stream_id=stream, events=batch("E", 30, 10)))
         rest: list[int] = []
         call = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream, after_version=first[-1]))
         async for note in call:
@@ -229,10 +235,10 @@ async def test_filters_by_prefix_and_type(sidecar: ServedSidecar, stream: str) -
     async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
         stub = pb_grpc.EventStoreServiceStub(channel)
         head = (await stub.ReadAll(pb.ReadAllRequest(limit=1))).head_sequence
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{stream}-a", events=batch("Keep", 0, 2)))
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{stream}-a", events=batch("Drop", 0, 2)))
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"other-{stream}", events=batch("Keep", 0, 2)))
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"{stream}-b", events=batch("Keep", 2, 1)))
+        await stub.AppendEvents(any_version(stream_id=f"{stream}-a", events=batch("Keep", 0, 2)))
+        await stub.AppendEvents(any_version(stream_id=f"{stream}-a", events=batch("Drop", 0, 2)))
+        await stub.AppendEvents(any_version(stream_id=f"other-{stream}", events=batch("Keep", 0, 2)))
+        await stub.AppendEvents(any_version(stream_id=f"{stream}-b", events=batch("Keep", 2, 1)))
         got: list[tuple[str, str]] = []
         call = stub.SubscribeToAll(pb.SubscribeToAllRequest(after_sequence=head, stream_prefixes=[stream],
                                                             event_types=["Keep"]))
@@ -248,7 +254,7 @@ async def test_waits_for_a_new_stream_and_ends_when_it_is_deleted(sidecar: Serve
     async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
         stub = pb_grpc.EventStoreServiceStub(channel)
         call = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream))
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=batch("First", 0, 1)))
+        await stub.AppendEvents(any_version(stream_id=stream, events=batch("First", 0, 1)))
         note = await call.read()
         assert note.event.version == 1 and note.event.event_type == "First"
         await stub.DeleteStream(pb.DeleteStreamRequest(stream_id=stream))
@@ -280,9 +286,9 @@ async def test_slow_subscriber_is_bounded_and_still_gets_everything(fresh: Serve
         async def writer(w: int) -> None:
             for _ in range(0, total // 8, 50):
                 evs = [pb.EventData(event_type="Big", payload_json=json.dumps({"p": payload}).encode())] * 50
-                await stub.AppendEvents(pb.AppendEventsRequest(stream_id=f"slow-{w}", events=evs))
+                await stub.AppendEvents(any_version(stream_id=f"slow-{w}", events=evs))
 
-        await stub.AppendEvents(pb.AppendEventsRequest(stream_id="slow-start", events=batch("S", 0, 1)))
+        await stub.AppendEvents(any_version(stream_id="slow-start", events=batch("S", 0, 1)))
         first = await slow_call.read()
         received.append(first.event.sequence)
         started = time.monotonic()

@@ -3,9 +3,9 @@
 isort:skip_file
 The event store's gRPC API (seed 000), served by the sidecar on localhost:9090.
 
-Compatibility: field numbers and names of the seed are unchanged. Additions are backward
-compatible only: new fields, new RPCs, and `optional` on AppendEventsRequest.expected_version so
-that an absent value means "any version" (proto3's 0 means "the stream is new or empty").
+Compatibility: field numbers, names and meanings of the original design are unchanged; additions
+are new fields, new RPCs and the ExpectedVersion constants. A client generated from the design's
+original proto gets its optimistic concurrency exactly: see AppendEventsRequest.expected_version.
 Errors carry a google.rpc.Status with a google.rpc.ErrorInfo whose reason is the SYS_EVSTORE_*
 code, the same codes the REST API returns.
 """
@@ -14,6 +14,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -25,6 +26,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ExpectedVersion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExpectedVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExpectedVersion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPECTED_VERSION_UNSPECIFIED: _ExpectedVersion.ValueType  # 0
+    """0: the stream is new or empty (the field's default)."""
+    EXPECTED_VERSION_NO_STREAM: _ExpectedVersion.ValueType  # -1
+    """-1: the stream must not exist yet."""
+    EXPECTED_VERSION_ANY: _ExpectedVersion.ValueType  # -2
+    """-2: any version; the append is not checked."""
+
+class ExpectedVersion(_ExpectedVersion, metaclass=_ExpectedVersionEnumTypeWrapper):
+    """The special values of AppendEventsRequest.expected_version (an int64: send the number).
+    Reserved negative constants rather than a separate field, as KurrentDB (EventStoreDB) does, so
+    the field stays the design's plain int64 and a client of the original proto needs nothing new.
+    """
+
+EXPECTED_VERSION_UNSPECIFIED: ExpectedVersion.ValueType  # 0
+"""0: the stream is new or empty (the field's default)."""
+EXPECTED_VERSION_NO_STREAM: ExpectedVersion.ValueType  # -1
+"""-1: the stream must not exist yet."""
+EXPECTED_VERSION_ANY: ExpectedVersion.ValueType  # -2
+"""-2: any version; the append is not checked."""
+Global___ExpectedVersion: _TypeAlias = ExpectedVersion  # noqa: Y015
+
 @_typing.final
 class AppendEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -34,7 +62,17 @@ class AppendEventsRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     expected_version: _builtins.int
-    """Absent: any version. -1: the stream must not exist. N >= 0: the stream must be at version N."""
+    """Optimistic concurrency. N >= 0: the stream must be at version N; 0 means new or empty, and is
+    also what an unset field means (proto3 sends no default value, so the two cannot differ: a
+    client that means "version 0" may send nothing). -1 (EXPECTED_VERSION_NO_STREAM): the stream
+    must not exist. -2 (EXPECTED_VERSION_ANY): append at whatever version, no check; it has to be
+    sent explicitly, so a client can never drop the check by accident. Other negative values are
+    INVALID_ARGUMENT. A mismatch is ABORTED with SYS_EVSTORE_VERSION_CONFLICT (ALREADY_EXISTS
+    with SYS_EVSTORE_STREAM_ALREADY_EXISTS for -1).
+
+    `optional` is kept only for compatibility with clients generated while an unset value meant
+    "any version" (their HasField/ClearField, *int64 in Go); the server treats unset as 0.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventData]: ...
     def __init__(

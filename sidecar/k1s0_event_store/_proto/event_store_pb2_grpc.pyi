@@ -3,9 +3,9 @@
 isort:skip_file
 The event store's gRPC API (seed 000), served by the sidecar on localhost:9090.
 
-Compatibility: field numbers and names of the seed are unchanged. Additions are backward
-compatible only: new fields, new RPCs, and `optional` on AppendEventsRequest.expected_version so
-that an absent value means "any version" (proto3's 0 means "the stream is new or empty").
+Compatibility: field numbers, names and meanings of the original design are unchanged; additions
+are new fields, new RPCs and the ExpectedVersion constants. A client generated from the design's
+original proto gets its optimistic concurrency exactly: see AppendEventsRequest.expected_version.
 Errors carry a google.rpc.Status with a google.rpc.ErrorInfo whose reason is the SYS_EVSTORE_*
 code, the same codes the REST API returns.
 """

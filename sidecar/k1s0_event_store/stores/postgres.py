@@ -187,6 +187,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
         self._sql_versions = f"SELECT id, current_version FROM {s}.event_streams WHERE id = ANY($1::text[])"
         self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1::uuid[])"
         self._sql_append_planned = f"SELECT * FROM {s}.append_planned({', '.join(f'${i}' for i in range(1, 14))})"
+        self._sql_safe = f"SELECT {s}.safe_sequence()"
         # Stream versions this store last read or wrote: the first guess of every plan.
         self._known_versions: dict[str, int] = {}
         self.append_stats = AppendStats()
@@ -232,7 +233,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
             return []
         if connection is not None:
             key = await self._append_lock_key(connection)
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", key)
+            await connection.execute(f"SELECT pg_advisory_xact_lock({int(key)}); SELECT {self._s}.mark_in_flight()")
             return await self._append_in(connection, requests)
         try:
             async with self.connection() as conn:
@@ -358,7 +359,9 @@ class PostgresEventStore(_PoolOwner, EventStore):
         # One round trip opens the transaction and takes the lock (simple-query protocol; the key
         # is an integer we computed). The lock must come before the reads in _append_in: under
         # READ COMMITTED each statement sees what had committed when it started.
-        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(key)})")
+        # The in-flight mark keeps readers below this append's sequences until it commits (see
+        # safe_sequence: appenders of other sidecars may still be committing in parallel).
+        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(key)}); SELECT {self._s}.mark_in_flight()")
         try:
             results = await self._append_in(conn, requests)
         except BaseException:
@@ -578,6 +581,13 @@ class PostgresEventStore(_PoolOwner, EventStore):
     ) -> list[asyncpg.Record]:
         prefixes, types = validate_read_all(after_sequence, limit, stream_prefixes, event_types, until_sequence)
         async with self.connection() as conn:
+            # Only up to the safe sequence: appenders commit in parallel, so a lower sequence may
+            # still be committing; it must not be skipped. A separate statement: the read's own
+            # snapshot is taken after the bound.
+            safe = await conn.fetchval(self._sql_safe)
+            until_sequence = safe if until_sequence is None else min(until_sequence, safe)
+            if until_sequence <= after_sequence:
+                return []
             rows: list[asyncpg.Record] = await conn.fetch(
                 f"SELECT {columns} FROM {self._s}.events WHERE sequence > $1"
                 " AND ($5::bigint IS NULL OR sequence <= $5)"
@@ -589,8 +599,12 @@ class PostgresEventStore(_PoolOwner, EventStore):
         return rows
 
     async def head_sequence(self) -> int:
+        """The highest sequence of a stored event below which nothing can still commit."""
         async with self.connection() as conn:
-            return int(await conn.fetchval(f"SELECT coalesce(max(sequence), 0) FROM {self._s}.events"))
+            safe = await conn.fetchval(self._sql_safe)
+            return int(await conn.fetchval(
+                f"SELECT coalesce(max(sequence), 0) FROM {self._s}.events WHERE sequence <= $1", safe
+            ))
 
     async def exists(self, stream_id: StreamId | str) -> bool:
         return await self.current_version(stream_id) > 0

@@ -197,9 +197,9 @@ class GrpcEventStore(_Client, EventStore):
                 )
                 for p in req.events
             ],
+            # None (any version) must be said explicitly: an unset field means version 0 on the wire
+            expected_version=pb.EXPECTED_VERSION_ANY if req.expected_version is None else req.expected_version,
         )
-        if req.expected_version is not None:
-            message.expected_version = req.expected_version
         resp = await self._call(self._stub.AppendEvents, message, stream_id=str(req.stream_id))
         cache = {str(req.stream_id): req.stream_id}
         return AppendResult(req.stream_id, [_envelope(e, cache) for e in resp.events], resp.current_version)
