@@ -24,6 +24,7 @@ from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
 MAX_INT64 = 2**63 - 1
+ANY = pb.EXPECTED_VERSION_ANY  # gRPC appends below go to streams that already have events
 
 
 def nested(depth: int, leaf: str = "1") -> str:
@@ -133,7 +134,7 @@ async def test_depth_limit_is_exact_and_the_same_on_rest_and_grpc(
                                       data=f'{{"events":[{event}]}}', headers={"Content-Type": "application/json"})
             data = pb.EventData(event_type="E", payload_json=value.encode()) if field == "payload" else pb.EventData(
                 event_type="E", payload_json=b"{}", metadata=pb.EventMetadata(extra_json=value.encode()))
-            call = stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data]))
+            call = stub.AppendEvents(pb.AppendEventsRequest(stream_id=stream, events=[data], expected_version=ANY))
             if accepted:
                 assert status == 201, (depth, field, body)
                 await call
@@ -151,7 +152,7 @@ async def test_a_leading_byte_order_mark_is_ignored_on_rest_and_grpc(
                               data=bom + b'{"events":[{"event_type":"E","payload":{"a":1}}]}',
                               headers={"Content-Type": "application/json"})
     assert status == 201 and body["events"][0]["payload"] == {"a": 1}, body
-    response = await stub.AppendEvents(pb.AppendEventsRequest(
+    response = await stub.AppendEvents(pb.AppendEventsRequest(expected_version=ANY,
         stream_id=stream, events=[pb.EventData(event_type="E", payload_json=bom + b'{"a":2}')]))
     read = await stub.ReadEvents(pb.ReadEventsRequest(stream_id=stream))
     assert [json.loads(e.payload_json) for e in read.events] == [{"a": 1}, {"a": 2}]
@@ -161,7 +162,7 @@ async def test_a_leading_byte_order_mark_is_ignored_on_rest_and_grpc(
                               data=b'{"events":[{"event_type":"E","payload":' + bom + b'{"a":1}}]}',
                               headers={"Content-Type": "application/json"})
     assert status == 400, body
-    await expect_invalid(stub.AppendEvents(pb.AppendEventsRequest(
+    await expect_invalid(stub.AppendEvents(pb.AppendEventsRequest(expected_version=ANY,
         stream_id=stream, events=[pb.EventData(event_type="E", payload_json=b" " + bom + b'{"a":2}')])))
 
 
