@@ -5,27 +5,24 @@ first validated against a strict pattern (lower-case PostgreSQL identifiers, at 
 then double-quoted. Passwords and other values go through the server's own ``format('%L')`` or
 bound parameters; nothing user-supplied is pasted into SQL unchecked.
 
-Global order (why appends take a lock)
---------------------------------------
+Global order (why appends take a lock, and readers a watermark)
+-------------------------------------------------------------------
 ``events.sequence`` is an identity column, and ``nextval`` is handed out at INSERT time, not at
 COMMIT. Two concurrent transactions can therefore commit in the opposite order of their sequences:
 T1 takes 10, T2 takes 11, T2 commits, a reader sees 11 and moves its cursor past 10, then T1
 commits 10 and the reader never sees it. Marten, SQLStreamStore, Eventuous and Axon's JPA store
 all shipped this bug.
 
-We make sequence order equal commit order: every append transaction takes a transaction-scoped
-advisory lock private to its schema (``pg_advisory_xact_lock``) *before* it inserts, and holds it
-until it commits. PostgreSQL makes a committing transaction visible (ProcArrayEndTransaction)
-before it releases its locks, so the next appender draws its sequences only after every lower
-sequence is either visible or rolled back. A reader asking for ``sequence > last_seen`` can meet
-gaps (rolled-back or deleted events) but never a gap that fills later.
-
-The cost: appends in one schema commit one after another, one WAL flush each. The sidecar's group
-commit amortises that by coalescing concurrent appends into one transaction (one lock, one flush
-for many requests), and ``append_planned`` (migration 4) takes the lock inside one statement run in
-autocommit, so it is held for that statement and its commit only, never across a client round
-trip: many sidecars can share one schema (``docs/design.md``, "Many sidecars, one schema"). Reads
-never take the lock.
+Every appender takes an advisory lock private to its schema (``append_lock_key``) before it
+inserts, so sequences are drawn one appender at a time, and marks itself in flight
+(``mark_in_flight``: a shared advisory lock keyed by its first sequence, held until its commit is
+visible). Readers of the global order read only up to ``safe_sequence()`` (the last drawn value,
+below every mark), taken by a statement before the read. Appenders may then release the lock
+before their commit (``parallel_commits()``, migration 4), so the commits of many sidecars overlap
+and share WAL flushes; with it off the lock is held through the commit, as releases before this one
+did. ``append_planned`` takes the lock inside one statement run in autocommit, never across a
+client round trip. ``docs/design.md`` ("Global order", "Many sidecars, one schema") has the proof
+sketch and the figures.
 """
 
 from __future__ import annotations
