@@ -45,6 +45,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.persistence.finalizer = FINALIZER
+    # A deletion waits for a drift check that is running to finish; Kopf looks again only after
+    # this many seconds (default 60), which held finalizers for a minute after the clean-up was done.
+    settings.background.cancellation_polling = 5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
 
@@ -66,6 +69,8 @@ async def reconcile(
 
 @kopf.timer(*RESOURCE, interval=drift_interval(), initial_delay=drift_interval(), when=_active)
 async def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return  # being deleted: re-provisioning now would race the finalizer's clean-up
     generation = body.get("metadata", {}).get("generation")
     if status.get("observedGeneration") != generation:
         return  # a spec change is not handled yet: that is the change handlers' job, not drift

@@ -22,6 +22,8 @@ from k1s0_event_store import schema as schema_module
 
 CLAIM_PREFIX = "k1s0-eventstream:"
 CONNECT_TIMEOUT = 5.0
+#: Advisory-lock class (two-int form) serialising deprovisioning within one database.
+DEPROVISION_LOCK = schema_module.MIGRATE_LOCK_NAMESPACE + 2
 
 
 class DatabaseUnavailable(Exception):
@@ -99,6 +101,15 @@ async def provision(conn: asyncpg.Connection, schema: str, role: str, password: 
     to put an existing event store under the operator.
     """
     q = schema_module.quote_ident(schema, "schema")
+    # Shared with other provisionings, exclusive against a deprovisioning (see deprovision).
+    await conn.execute("SELECT pg_advisory_lock_shared($1, 0)", DEPROVISION_LOCK)
+    try:
+        return await _provision(conn, schema, q, role, password, owner)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock_shared($1, 0)", DEPROVISION_LOCK)
+
+
+async def _provision(conn: asyncpg.Connection, schema: str, q: str, role: str, password: str, owner: str) -> list[int]:
     async with conn.transaction():
         # Serialise concurrent claims of one schema name (two EventStreams created together).
         await conn.execute(
@@ -118,9 +129,17 @@ async def provision(conn: asyncpg.Connection, schema: str, role: str, password: 
 
 async def deprovision(conn: asyncpg.Connection, schema: str, role: str, owner: str) -> bool:
     """Drop the schema and the role if this EventStream owns them; False when it did not own it."""
-    state = await inspect(conn, schema, role)
-    if state.exists and state.owner != owner:
-        return False
-    await schema_module.drop_schema(conn, schema)
-    await schema_module.drop_app_role(conn, role)
-    return True
+    # A deprovisioning runs alone in its database: DROP SCHEMA … CASCADE / DROP OWNED next to
+    # another one, or next to a provisioning's GRANTs, deadlock on the catalog rows they both
+    # update (seen with two Delete-policy streams deleted while the drift timer ran), and Kopf
+    # would only retry a minute later.
+    await conn.execute("SELECT pg_advisory_lock($1, 0)", DEPROVISION_LOCK)
+    try:
+        state = await inspect(conn, schema, role)
+        if state.exists and state.owner != owner:
+            return False
+        await schema_module.drop_schema(conn, schema)
+        await schema_module.drop_app_role(conn, role)
+        return True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, 0)", DEPROVISION_LOCK)

@@ -23,9 +23,10 @@ from urllib.parse import unquote, urlsplit
 import kopf
 
 from . import _kafka, _postgres
+from ._clusters import UnknownCluster
 from ._resources import KubernetesUnavailable, config_map_body, secret_body, sidecar_config
 from ._runtime import Runtime
-from ._spec import DEFAULT_TOPIC, SpecError, StreamSpec, parse_spec, validate_topic
+from ._spec import DEFAULT_CLUSTER, DEFAULT_TOPIC, SpecError, StreamSpec, parse_spec, validate_topic
 from ._status import (
     PROVISIONED,
     READY,
@@ -101,14 +102,23 @@ async def reconcile(
             f"spec.database.schema cannot change from {recorded!r} to {s.schema!r}: the events live in "
             f"{recorded!r}; create a new EventStream to use another schema",
         )
+    # A stream provisioned before clusters existed has no status.cluster: it lives on the default.
+    recorded_cluster = status.get("cluster") or (DEFAULT_CLUSTER if recorded else None)
+    if recorded_cluster and recorded_cluster != s.cluster:
+        raise reporter.refuse(
+            "ClusterImmutable",
+            f"spec.database.cluster cannot change from {recorded_cluster!r} to {s.cluster!r}: the events live on "
+            f"{recorded_cluster!r}; the operator does not move them (see docs/operator.md, moving a stream)",
+        )
     repaired: list[str] = []
     was_provisioned = bool(recorded)
 
     # --- PostgreSQL ----------------------------------------------------------------------------
     pending_topic = Condition(TOPIC_READY, "Unknown", "Pending", "waiting for the schema")
     try:
+        admin_dsn = await runtime.cluster_set.admin_dsn(s.cluster, runtime.kube.core)
         secret_dsn = await runtime.kube.read_secret_dsn(s.namespace, s.secret_name)
-        conn = await _postgres.connect(runtime.admin_dsn)
+        conn = await _postgres.connect(admin_dsn)
         try:
             before = await _postgres.inspect(conn, s.schema, s.role)
             password = _postgres.password_from_dsn(secret_dsn) if secret_dsn else None
@@ -117,11 +127,14 @@ async def reconcile(
             applied = await _postgres.provision(conn, s.schema, s.role, password, s.owner)
         finally:
             await conn.close()
+    except UnknownCluster as exc:
+        raise reporter.refuse("UnknownCluster", str(exc)) from None
     except _postgres.SchemaConflict as exc:
-        raise reporter.refuse("Conflict", f"{exc}; this EventStream does not use it") from None
+        raise reporter.refuse("Conflict", f"{exc} on cluster {s.cluster}; this EventStream does not use it") from None
     except _postgres.DatabaseUnavailable as exc:
+        message = str(exc) if str(exc).startswith("cluster ") else f"cluster {s.cluster}: {exc}"
         raise reporter.retry(
-            runtime, retry, Condition(SCHEMA_READY, "False", "DatabaseUnavailable", str(exc)), pending_topic
+            runtime, retry, Condition(SCHEMA_READY, "False", "DatabaseUnavailable", message), pending_topic
         ) from None
     except KubernetesUnavailable as exc:
         raise reporter.retry(
@@ -138,10 +151,15 @@ async def reconcile(
     elif not before.role_exists:
         kopf.info(body, reason="RoleCreated", message=f"role {s.role} created with the sidecar's privileges")
     level = max(applied or [before.version])
-    schema_ok = Condition(SCHEMA_READY, "True", "SchemaReady", f"schema {s.schema} at migration {level}, role {s.role}")
+    schema_ok = Condition(
+        SCHEMA_READY, "True", "SchemaReady",
+        f"schema {s.schema} at migration {level}, role {s.role}, on cluster {s.cluster}",
+    )
+    # Recorded as soon as the schema exists (even if Kafka fails next): it pins the stream's cluster.
+    patch.status["cluster"] = s.cluster
 
     # --- Kubernetes objects --------------------------------------------------------------------
-    dsn = _postgres.role_dsn(runtime.admin_dsn, s.role, password)
+    dsn = _postgres.role_dsn(admin_dsn, s.role, password)
     try:
         secret_result = await runtime.kube.apply(secret_body(s, dsn, body))
         config_result = await runtime.kube.apply(config_map_body(s, sidecar_config(runtime.config, s), body))
@@ -163,7 +181,9 @@ async def reconcile(
         PROVISIONED, "True", "Provisioned", f"schema {s.schema}, role {s.role}, Secret {s.secret_name} and "
         f"ConfigMap {s.config_map_name} exist: pods can get the sidecar",
     )
-    placed: dict[str, Any] = {"schema": s.schema, "secretName": s.secret_name, "configMapName": s.config_map_name}
+    placed: dict[str, Any] = {
+        "schema": s.schema, "cluster": s.cluster, "secretName": s.secret_name, "configMapName": s.config_map_name,
+    }
 
     # --- Kafka ---------------------------------------------------------------------------------
     topic_names = [t.name for t in s.topics]
@@ -216,6 +236,8 @@ async def delete(*, body: kopf.Body, runtime: Runtime, retry: int) -> None:
         kopf.warn(body, reason="NothingToDelete", message=f"invalid spec, nothing was provisioned: {exc}")
         return
     claimed = body.get("status", {}).get("schema")
+    # The cluster the schema was provisioned on (status), not what the spec says now.
+    cluster = body.get("status", {}).get("cluster") or DEFAULT_CLUSTER
     if s.deletion_policy == "Retain":
         kopf.info(
             body, reason="Retained",
@@ -225,17 +247,32 @@ async def delete(*, body: kopf.Body, runtime: Runtime, retry: int) -> None:
         return
     try:
         if claimed == s.schema:
-            conn = await _postgres.connect(runtime.admin_dsn)
             try:
-                dropped = await _postgres.deprovision(conn, s.schema, s.role, s.owner)
-            finally:
-                await conn.close()
-            if dropped:
-                kopf.info(body, reason="SchemaDropped", message=f"schema {s.schema} and role {s.role} dropped")
-            else:
+                admin_dsn = await runtime.cluster_set.admin_dsn(cluster, runtime.kube.core)
+            except UnknownCluster:
+                # Blocking the deletion until the configuration changes helps nobody: say what is kept.
+                admin_dsn = None
                 kopf.warn(
-                    body, reason="SchemaNotOwned", message=f"schema {s.schema} belongs to another EventStream; kept"
+                    body, reason="ClusterUnknown",
+                    message=f"cluster {cluster} is no longer configured: schema {s.schema} and role {s.role} "
+                    "on it are kept",
                 )
+            if admin_dsn is not None:
+                conn = await _postgres.connect(admin_dsn)
+                try:
+                    dropped = await _postgres.deprovision(conn, s.schema, s.role, s.owner)
+                finally:
+                    await conn.close()
+                if dropped:
+                    kopf.info(
+                        body, reason="SchemaDropped",
+                        message=f"schema {s.schema} and role {s.role} dropped from cluster {cluster}",
+                    )
+                else:
+                    kopf.warn(
+                        body, reason="SchemaNotOwned",
+                        message=f"schema {s.schema} on cluster {cluster} belongs to another EventStream; kept",
+                    )
         for kind, name in (("Secret", s.secret_name), ("ConfigMap", s.config_map_name)):
             if await runtime.kube.delete(kind, s.namespace, name):
                 kopf.info(body, reason=f"{kind}Deleted", message=f"{kind} {name} deleted")

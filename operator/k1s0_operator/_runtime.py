@@ -10,8 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from k1s0_sidecar.config import Config, ConfigError, load_config
+from k1s0_sidecar.config import Config, load_config
 
+from ._clusters import Clusters, parse_clusters, read_document, take_clusters
 from ._resources import Kube
 
 #: Seconds between drift checks of one EventStream (read when the handlers are registered).
@@ -26,10 +27,16 @@ class Runtime:
     config: Config
     kube: Kube
     backoff_base: float = 5.0
+    #: The PostgreSQL clusters by name; None: only ``database.url``, as the cluster ``default``.
+    clusters: Clusters | None = None
 
     @property
     def admin_dsn(self) -> str:
         return self.config.database.url
+
+    @property
+    def cluster_set(self) -> Clusters:
+        return self.clusters if self.clusters is not None else Clusters.single(self.config.database.url)
 
     @property
     def brokers(self) -> list[str]:
@@ -42,14 +49,23 @@ class Runtime:
 def load_operator_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     """The operator's configuration through the sidecar's loader (the same keys and variables).
 
-    ``database.url`` is the shared PostgreSQL's admin DSN and is required. The ``auth`` section is
-    copied into every sidecar's ``config.yaml``, so it must be valid for the sidecars: set
+    ``database.url`` is the default PostgreSQL cluster's admin DSN and is required unless
+    ``database.clusters.default`` names it (``_clusters.py``). The ``auth`` section is copied into
+    every sidecar's ``config.yaml``, so it must be valid for the sidecars: set
     ``EVENTSTORE_AUTH_JWKS_URL`` (production) or ``EVENTSTORE_AUTH_MODE=none`` (development).
     """
-    config = load_config(path, env)
-    if not config.database.url:
-        raise ConfigError("database.url: the admin DSN of the shared PostgreSQL is required (EVENTSTORE_DATABASE_URL)")
-    return config
+    return load_operator(path, env)[0]
+
+
+def load_operator(path: str | None, env: Mapping[str, str] | None = None) -> tuple[Config, Clusters]:
+    """The configuration and the cluster map, from one YAML file and the environment.
+
+    ``database.clusters`` is the operator's own key: it is taken out of the file before the
+    sidecar's loader (which refuses keys it does not know) reads the rest.
+    """
+    document, raw_clusters = take_clusters(read_document(path))
+    config = load_config(path, env, document=document)
+    return config, parse_clusters(raw_clusters, config.database.url, env)
 
 
 def drift_interval(env: Mapping[str, str] | None = None) -> float:

@@ -31,6 +31,8 @@ ROLE_SUFFIX = "_app"
 #: The role is ``<schema>_app`` and must itself be a valid identifier (at most 63 characters).
 MAX_SCHEMA_LENGTH = 63 - len(ROLE_SUFFIX)
 
+DEFAULT_CLUSTER = "default"
+_CLUSTER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _TOPIC_CONFIG_KEY = re.compile(r"^[a-z0-9.]+$")
 _NON_IDENT = re.compile(r"[^a-z0-9_]+")
@@ -65,6 +67,8 @@ class StreamSpec:
     deletion_policy: Literal["Retain", "Delete"]
     sidecar_image: str | None
     sidecar_resources: Mapping[str, Any]
+    #: The operator's PostgreSQL cluster holding the schema (``_clusters.py``); fixed once provisioned.
+    cluster: str = DEFAULT_CLUSTER
 
     @property
     def role(self) -> str:
@@ -143,6 +147,13 @@ def parse_spec(namespace: str, name: str, spec: Mapping[str, Any]) -> StreamSpec
             f"(the role is the schema name plus {ROLE_SUFFIX!r})"
         )
 
+    cluster = database.get("cluster") or DEFAULT_CLUSTER
+    if not isinstance(cluster, str) or not _CLUSTER.fullmatch(cluster):
+        raise SpecError(
+            f"spec.database.cluster {cluster!r} is not a cluster name: lower-case letters, digits and '-', "
+            "at most 63 characters"
+        )
+
     topic = validate_topic(kafka.get("topic") or DEFAULT_TOPIC, "spec.kafka.topic")
     config_raw = kafka.get("config") or {}
     if not isinstance(config_raw, Mapping):
@@ -185,4 +196,5 @@ def parse_spec(namespace: str, name: str, spec: Mapping[str, Any]) -> StreamSpec
         deletion_policy=policy,
         sidecar_image=image,
         sidecar_resources=dict(resources),
+        cluster=cluster,
     )

@@ -71,7 +71,7 @@ def ready_from(schema: Condition, topic: Condition) -> Condition:
 def phase_of(ready: Condition) -> str:
     if ready.status == "True":
         return "Ready"
-    if ready.reason in ("Conflict", "InvalidSpec", "SchemaImmutable"):
+    if ready.reason in ("Conflict", "InvalidSpec", "SchemaImmutable", "ClusterImmutable", "UnknownCluster"):
         return "Failed"
     if ready.status == "Unknown":
         return "Pending"

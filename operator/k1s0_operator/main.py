@@ -20,7 +20,7 @@ from ._health import liveness_endpoint  # importing registers the liveness probe
 from ._login import kubernetes_client
 from ._peering import Peering, ensure_objects, peering_from_env
 from ._resources import Kube
-from ._runtime import Runtime, backoff_base, load_operator_config
+from ._runtime import Runtime, backoff_base, load_operator
 from .webhook import inject_sidecar  # noqa: F401 - registers the sidecar-injection webhook (/inject-sidecar)
 
 logger = logging.getLogger("k1s0_operator")
@@ -29,8 +29,8 @@ __all__ = ["Kube", "Peering", "Runtime", "build_runtime", "kubernetes_client", "
 
 
 def build_runtime(config_path: str | None = None) -> Runtime:
-    config = load_operator_config(config_path)
-    return Runtime(config=config, kube=Kube(kubernetes_client()), backoff_base=backoff_base())
+    config, clusters = load_operator(config_path)
+    return Runtime(config=config, kube=Kube(kubernetes_client()), backoff_base=backoff_base(), clusters=clusters)
 
 
 async def operate(

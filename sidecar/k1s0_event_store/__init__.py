@@ -24,6 +24,7 @@ from ._errors import (
     UnavailableError,
     ValidationError,
 )
+from ._json import MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, decode_json_text, encode_json, parse_json
 from ._listing import StreamList, StreamSummary
 from ._model import (
     NO_STREAM,
@@ -50,6 +51,8 @@ from .stores.remote import GrpcEventStore, GrpcSnapshotStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_DEPTH_LIMIT",
     "NO_STREAM",
     "Aggregate",
     "AggregateRepository",
@@ -92,7 +95,10 @@ __all__ = [
     "ValidationError",
     "__version__",
     "create_pool",
+    "decode_json_text",
     "encode_event",
+    "encode_json",
     "ensure_consumer_tables",
+    "parse_json",
     "prepare_append",
 ]

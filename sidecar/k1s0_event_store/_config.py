@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._json import MAX_JSON_DEPTH
 from .schema import validate_identifier
 
 
@@ -22,6 +23,8 @@ class EventStoreConfig:
     max_connections: int = 10
     connect_timeout_seconds: float = 5.0
     max_events_per_append: int | None = None
+    #: Deepest nesting accepted in a payload, metadata or snapshot state.
+    max_json_depth: int = MAX_JSON_DEPTH
 
     def __post_init__(self) -> None:
         validate_identifier(self.schema, "schema")

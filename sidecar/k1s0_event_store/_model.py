@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, NewType
 
 from ._errors import ValidationError
+from ._json import MAX_JSON_DEPTH, decode_json_text, encode_json, parse_json
 
 #: A stream's version: 0 before its first event, then the version of its last event (1-based).
 EventVersion = NewType("EventVersion", int)
@@ -208,8 +209,34 @@ def validate_name(value: object, field_name: str, max_length: int) -> str:
         raise ValidationError(f"{field_name} must be at most {max_length} characters", field=field_name)
     if _CONTROL.search(value):
         raise ValidationError(f"{field_name} must not contain control characters", field=field_name)
+    if not value.isascii() and not _encodable(value):
+        raise ValidationError(f"{field_name} contains an unpaired surrogate", field=field_name)
     if value != value.strip():
         raise ValidationError(f"{field_name} must not start or end with white space", field=field_name)
+    return value
+
+
+def _encodable(value: str) -> bool:
+    """Whether ``value`` can be sent as UTF-8 (a lone surrogate, e.g. from ``"\\ud800"``, cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def validate_timestamp(value: datetime, field_name: str) -> datetime:
+    """A time with an offset that is still a time in UTC (``0001-01-01T00:00:00+14:00`` is not):
+    PostgreSQL stores ``timestamptz`` in UTC, and Python cannot hand over one before year 1 or
+    after 9999."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(f"{field_name} must carry a time zone", field=field_name)
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            f"{field_name} is out of range: in UTC it must fall within years 1 to 9999", field=field_name
+        ) from None
     return value
 
 
@@ -235,23 +262,6 @@ def validate_read_all(
     )
 
 
-def encode_json(value: Any, field_name: str) -> str:
-    """JSON text PostgreSQL's ``jsonb`` will accept, or a ValidationError naming the field."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{field_name} cannot be serialised as JSON: {exc}", field=field_name) from exc
-    # jsonb rejects the NUL character in strings (and keys); refuse it up front, not as a 500 later.
-    if "\\u0000" in text:
-        raise ValidationError(f"{field_name} must not contain the NUL character (\\u0000)", field=field_name)
-    if not text.isascii():  # (isascii is a flag check) a lone surrogate cannot be sent as UTF-8
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(f"{field_name} contains an unpaired surrogate", field=field_name) from None
-    return text
-
-
 def validate_expected_version(expected_version: object) -> int | None:
     if expected_version is None:
         return None
@@ -275,7 +285,8 @@ def validate_version_bound(value: object, field_name: str, minimum: int = 0) -> 
 
 
 def prepare_event(
-    event: EventEnvelope, index: int, stream_id: StreamId | None = None, default_time: datetime | None = None
+    event: EventEnvelope, index: int, stream_id: StreamId | None = None, default_time: datetime | None = None,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> PreparedEvent:
     where = f"events[{index}]"
     if not isinstance(event, EventEnvelope):
@@ -286,8 +297,8 @@ def prepare_event(
             field=f"{where}.stream_id",
         )
     validate_name(event.event_type, f"{where}.event_type", MAX_EVENT_TYPE_LENGTH)
-    metadata, metadata_json = _metadata(event.metadata, where)
-    payload_json = encode_json(event.payload, f"{where}.payload")
+    metadata, metadata_json = _metadata(event.metadata, where, max_depth)
+    payload_json = encode_json(event.payload, f"{where}.payload", max_depth)
     return PreparedEvent(
         event_id=_event_id(event.event_id, where),
         id_given=event.event_id is not None,
@@ -309,6 +320,7 @@ def prepare_json_event(
     event_id: uuid.UUID | None = None,
     occurred_at: datetime | None = None,
     default_time: datetime | None = None,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> PreparedEvent:
     """An event whose payload arrives as JSON text (the protocol edges).
 
@@ -322,10 +334,10 @@ def prepare_json_event(
     field_name = f"{where}.payload_json"
     if not payload_json:
         raise ValidationError(f"{field_name} is required (JSON text)", field=field_name)
-    payload = parse_json(payload_json, field_name)
+    payload = parse_json(payload_json, field_name, max_depth)
     if "\\u" in payload_json:
-        payload_json = encode_json(payload, field_name)
-    metadata_value, metadata_json = _metadata(metadata, where)
+        payload_json = encode_json(payload, field_name, max_depth)
+    metadata_value, metadata_json = _metadata(metadata, where, max_depth)
     return PreparedEvent(
         event_id=_event_id(event_id, where),
         id_given=event_id is not None,
@@ -338,29 +350,13 @@ def prepare_json_event(
     )
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-
-
-def parse_json(text: str, field_name: str) -> Any:
-    """Strict JSON (no NaN or Infinity, which jsonb refuses), or a ValidationError naming the field."""
-    try:
-        value = _DECODER.decode(text)
-    except ValueError as exc:
-        raise ValidationError(f"{field_name} is not valid JSON: {exc}", field=field_name) from None
-    return value
-
-
-def _metadata(metadata: object, where: str) -> tuple[dict[str, Any], str]:
+def _metadata(metadata: object, where: str, max_depth: int = MAX_JSON_DEPTH) -> tuple[dict[str, Any], str]:
     if metadata is None or (type(metadata) is dict and not metadata):  # most events: nothing to encode
         return {}, "{}"
     if not isinstance(metadata, Mapping):
         raise ValidationError(f"{where}.metadata must be a JSON object", field=f"{where}.metadata")
     value = dict(metadata)
-    return value, encode_json(value, f"{where}.metadata")
+    return value, encode_json(value, f"{where}.metadata", max_depth)
 
 
 class _RandomIds:
@@ -398,9 +394,9 @@ def _event_id(event_id: object, where: str) -> uuid.UUID:
 def _occurred_at(occurred_at: datetime | None, default_time: datetime | None, where: str) -> datetime:
     if occurred_at is None:
         return default_time or _utcnow()
-    if occurred_at.tzinfo is None:
-        raise ValidationError(f"{where}.occurred_at must carry a time zone", field=f"{where}.occurred_at")
-    return occurred_at
+    if not isinstance(occurred_at, datetime):
+        raise ValidationError(f"{where}.occurred_at must be a datetime", field=f"{where}.occurred_at")
+    return validate_timestamp(occurred_at, f"{where}.occurred_at")
 
 
 def prepare_append(
@@ -409,13 +405,14 @@ def prepare_append(
     expected_version: object = None,
     *,
     max_events: int | None = None,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> AppendRequest:
     """Validate one append completely; raise before anything is written."""
     sid = StreamId.of(stream_id)
     _check_events(events, max_events)
     expected = validate_expected_version(expected_version)
     now = _utcnow()  # one "time of the append" for every event that names none
-    return _request(sid, [prepare_event(e, i, sid, now) for i, e in enumerate(events)], expected)
+    return _request(sid, [prepare_event(e, i, sid, now, max_depth) for i, e in enumerate(events)], expected)
 
 
 def prepared_append(
@@ -479,6 +476,7 @@ def same_content(stored: EventEnvelope, p: PreparedEvent) -> bool:
 
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "NO_STREAM",
     "AppendRequest",
     "AppendResult",
@@ -488,6 +486,8 @@ __all__ = [
     "Snapshot",
     "StreamId",
     "StreamPage",
+    "decode_json_text",
+    "encode_json",
     "envelope_from_prepared",
     "parse_json",
     "prepare_append",

@@ -11,6 +11,7 @@ import json
 from typing import Any, Literal
 
 from ._errors import ValidationError
+from ._json import MAX_JSON_DEPTH, decode_json_text, parse_json
 from ._proto import event_store_pb2 as pb
 
 TYPED_KEYS: tuple[Literal["actor_id", "correlation_id", "causation_id"], ...] = (
@@ -24,15 +25,11 @@ def metadata_to_pb(metadata: dict[str, Any]) -> pb.EventMetadata:
     return pb.EventMetadata(**typed, extra_json=json.dumps(extra, ensure_ascii=False).encode() if extra else b"")
 
 
-def metadata_from_pb(m: pb.EventMetadata, field: str = "metadata") -> dict[str, Any]:
+def metadata_from_pb(m: pb.EventMetadata, field: str = "metadata", max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if m.extra_json:
-        try:
-            extra = json.loads(m.extra_json.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValidationError(
-                f"{field}.extra_json is not valid UTF-8 JSON: {exc}", field=f"{field}.extra_json"
-            ) from None
+        where = f"{field}.extra_json"
+        extra = parse_json(decode_json_text(m.extra_json, where), where, max_depth)
         if not isinstance(extra, dict):
             raise ValidationError(f"{field}.extra_json must be a JSON object", field=f"{field}.extra_json")
         out.update(extra)

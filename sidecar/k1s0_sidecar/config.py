@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from k1s0_event_store import MAX_JSON_DEPTH_LIMIT
 from k1s0_event_store.kafka_security import KafkaSecurity, KafkaSecurityError
 from k1s0_event_store.schema import validate_identifier
 
@@ -48,8 +49,13 @@ class ServerSection:
     #: A second listener on every interface serving only /healthz and /readyz (0: none), so that
     #: the kubelet's HTTP probes reach a sidecar whose API listens on loopback only.
     health_port: int = 0
-    #: Largest accepted REST request body.
+    #: Largest accepted REST request body; a larger declared Content-Length is refused unread.
     max_body_bytes: int = 4 * 1024 * 1024
+    #: How long a REST connection may take to send a request's headers (counted from when it
+    #: opened or its previous response ended); also how long an idle keep-alive connection stays.
+    header_timeout_seconds: float = 10.0
+    #: How long a REST request may take to send its body.
+    body_timeout_seconds: float = 60.0
     #: How long SIGTERM waits for in-flight requests before closing.
     shutdown_grace_seconds: float = 20.0
 
@@ -138,6 +144,8 @@ class EventStoreSection:
     group_commit_linger_ms: float = 0.0
     snapshot_interval: int = 100
     snapshot_retention_days: int = 30
+    #: Deepest nesting accepted in a payload, metadata or snapshot state (a scalar is 0, [] is 1).
+    max_json_depth: int = 512
     #: Subscriptions: events queued per live subscriber before it is sent back to catch-up reads.
     subscription_buffer: int = 1000
     #: How often a sidecar looks for other sidecars' commits (its subscription reader while someone
@@ -161,11 +169,19 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    document: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``EVENTSTORE_*`` variables, then ``overrides``."""
+    """Defaults, then the YAML file at ``path``, then ``EVENTSTORE_*`` variables, then ``overrides``.
+
+    ``document`` is that file already parsed, given instead of ``path`` (the operator reads its file
+    first to take out its own keys, such as ``database.clusters``).
+    """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
-    if path is not None:
+    if document is not None:
+        raw = dict(document)
+    elif path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except OSError as exc:
@@ -304,6 +320,8 @@ def _validate(c: Config) -> None:
         raise ConfigError("server.grpc_port: must differ from server.port")
     positive("server.max_body_bytes", c.server.max_body_bytes, 1024)
     positive("server.shutdown_grace_seconds", c.server.shutdown_grace_seconds, 0)
+    positive("server.header_timeout_seconds", c.server.header_timeout_seconds, 0.1)
+    positive("server.body_timeout_seconds", c.server.body_timeout_seconds, 0.1)
     try:
         validate_identifier(c.database.schema, "schema")
     except ValueError as exc:
@@ -349,6 +367,10 @@ def _validate(c: Config) -> None:
     positive("event_store.subscription_buffer", es.subscription_buffer)
     positive("event_store.subscription_poll_interval_ms", es.subscription_poll_interval_ms, 10)
     positive("event_store.subscription_keepalive_seconds", es.subscription_keepalive_seconds, 0.1)
+    positive("event_store.max_json_depth", es.max_json_depth)
+    if es.max_json_depth > MAX_JSON_DEPTH_LIMIT:
+        # Python's JSON parser and encoder recurse; deeper values would fail inside them.
+        raise ConfigError(f"event_store.max_json_depth: must be <= {MAX_JSON_DEPTH_LIMIT} (got {es.max_json_depth})")
 
 
 def with_section(config: Config, section: str, **changes: Any) -> Config:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "eventstore.k1s0.io"
 INTERNAL_CODE = "SYS_EVSTORE_INTERNAL_ERROR"
+CLIENT_CLOSED_CODE = "SYS_EVSTORE_CLIENT_CLOSED_REQUEST"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ ERROR_MAP: dict[str, Mapping] = {
     "SYS_EVSTORE_UNAUTHENTICATED": Mapping(401, grpc.StatusCode.UNAUTHENTICATED),
     "SYS_EVSTORE_PERMISSION_DENIED": Mapping(403, grpc.StatusCode.PERMISSION_DENIED),
     "SYS_EVSTORE_UNAVAILABLE": Mapping(503, grpc.StatusCode.UNAVAILABLE),
+    "SYS_EVSTORE_REQUEST_TIMEOUT": Mapping(408, grpc.StatusCode.DEADLINE_EXCEEDED),
+    # The client went away before its request was read: nobody gets this answer, but the metrics
+    # count it apart from server errors (nginx's 499 "client closed request").
+    CLIENT_CLOSED_CODE: Mapping(499, grpc.StatusCode.CANCELLED),
     INTERNAL_CODE: Mapping(500, grpc.StatusCode.INTERNAL),
 }
 

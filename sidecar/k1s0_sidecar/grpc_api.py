@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from k1s0_event_store import (
+    MAX_JSON_DEPTH,
     EncodedEvent,
     EncodedPage,
     EventEnvelope,
@@ -24,7 +26,9 @@ from k1s0_event_store import (
     PermissionDeniedError,
     Snapshot,
     ValidationError,
+    decode_json_text,
     encode_event,
+    parse_json,
 )
 from k1s0_event_store._model import AppendRequest, AppendResult, PreparedEvent, prepare_json_event, rfc3339
 from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
@@ -68,13 +72,10 @@ def current_principal() -> Principal | None:
 
 # -- conversions -------------------------------------------------------------------------------
 
-def _json_bytes(raw: bytes, field: str) -> Any:
+def _json_bytes(raw: bytes, field: str, max_depth: int) -> Any:
     if not raw:
         raise ValidationError(f"{field} is required (JSON text)", field=field)
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"{field} is not valid UTF-8 JSON: {exc}", field=field) from None
+    return parse_json(decode_json_text(raw, field), field, max_depth)
 
 
 _NO_METADATA = pb.EventMetadata()
@@ -113,16 +114,13 @@ def add_events_pb(into: Any, events: Iterable[EncodedEvent]) -> None:
             occurred_at=e.occurred_at, stored_at=e.stored_at, event_id=e.event_id)
 
 
-def prepared_from_pb(d: pb.EventData, index: int, subject: str | None, now: datetime) -> PreparedEvent:
+def prepared_from_pb(
+    d: pb.EventData, index: int, subject: str | None, now: datetime, max_depth: int = MAX_JSON_DEPTH
+) -> PreparedEvent:
     """An appended event straight from the wire: its payload JSON text is validated and kept."""
     where = f"events[{index}]"
-    try:
-        text = d.payload_json.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValidationError(
-            f"{where}.payload_json is not valid UTF-8: {exc}", field=f"{where}.payload_json"
-        ) from None
-    metadata = metadata_from_pb(d.metadata, f"{where}.metadata") if d.HasField("metadata") else None
+    text = decode_json_text(d.payload_json, f"{where}.payload_json")
+    metadata = metadata_from_pb(d.metadata, f"{where}.metadata", max_depth) if d.HasField("metadata") else None
     if subject is not None:
         metadata = audited_metadata(dict(metadata or {}), subject)
     return prepare_json_event(
@@ -130,6 +128,7 @@ def prepared_from_pb(d: pb.EventData, index: int, subject: str | None, now: date
         event_id=wire.parse_uuid(d.event_id, f"{where}.event_id") if d.event_id else None,
         occurred_at=wire.parse_time(d.occurred_at, f"{where}.occurred_at") if d.occurred_at else None,
         default_time=now,
+        max_depth=max_depth,
     )
 
 
@@ -219,7 +218,8 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         subject = audit_subject(current_principal())
         now = datetime.now(UTC)  # one "time of the append" for every event that names none
         data = request.events
-        events = [prepared_from_pb(d, i, subject, now) for i, d in enumerate(data)]
+        depth = self.service.settings.max_json_depth
+        events = [prepared_from_pb(d, i, subject, now, depth) for i, d in enumerate(data)]
         append, result = await self.service.append_prepared(
             request.stream_id, events, expected_version_from_pb(request.expected_version)
         )
@@ -256,7 +256,7 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
         return pb.ReadEventBySequenceResponse(event=event_to_pb(event))
 
     async def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context: Any) -> pb.CreateSnapshotResponse:
-        state = _json_bytes(request.state_json, "state_json")
+        state = _json_bytes(request.state_json, "state_json", self.service.settings.max_json_depth)
         snap = await self.service.create_snapshot(
             request.stream_id, request.snapshot_version, request.aggregate_type or None, state
         )
@@ -326,6 +326,33 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
 # -- interceptor ---------------------------------------------------------------------------------
 
 
+class _Undecodable:
+    """A request message protobuf could not parse (e.g. a string field that is not UTF-8)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's deserializer, answering an unparsable message with ``_Undecodable`` instead of
+    raising: grpc would render that as UNKNOWN, but it is the client's bad input (400)."""
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise ValidationError(f"the request is not a valid message: {request.reason}", field="request")
+
+
 def _metadata(context: Any, key: str) -> str | None:
     for k, v in context.invocation_metadata() or ():
         if k == key:
@@ -381,6 +408,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     token = _principal.set(await self._authorize(context, required))
                     try:
+                        _check_decoded(request)
                         response = await inner(request, context)
                     finally:
                         _principal.reset(token)
@@ -404,7 +432,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
+                unary, request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -418,6 +446,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     token = _principal.set(await self._authorize(context, required))
                     try:
+                        _check_decoded(request)
                         async for item in inner_stream(request, context):
                             yield item
                     finally:
@@ -437,7 +466,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 latency.observe(time.perf_counter() - started)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
+                stream, request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -49,6 +49,10 @@ class Metrics:
             "eventstore_append_duration_seconds", "Append latency (queue + commit)", buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.appends_pending = Gauge(
+            "eventstore_appends_pending", "Appends validated and waiting for their commit (queued or in a batch)",
+            registry=r,
+        )
         self.append_conflicts = Counter(
             "eventstore_append_conflicts", "Appends refused by optimistic concurrency", registry=r
         )

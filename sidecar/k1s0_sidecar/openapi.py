@@ -24,6 +24,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         404: "Not found (SYS_EVSTORE_*_NOT_FOUND)",
         409: "Conflict (SYS_EVSTORE_VERSION_CONFLICT, SYS_EVSTORE_STREAM_ALREADY_EXISTS,"
         " SYS_EVSTORE_EVENT_ID_CONFLICT)",
+        408: "Body not received in time (SYS_EVSTORE_REQUEST_TIMEOUT)",
         413: "Body too large (SYS_EVSTORE_PAYLOAD_TOO_LARGE)",
         503: "Unavailable (SYS_EVSTORE_UNAVAILABLE)",
     }
@@ -248,7 +249,7 @@ def _base_paths() -> dict[str, Any]:
                 "security": _SECURITY,
                 "parameters": [_STREAM],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AppendRequest")}}},
-                "responses": {**_ok(201, "AppendResponse", "Appended"), **_error_responses(400, 409, 413)},
+                "responses": {**_ok(201, "AppendResponse", "Appended"), **_error_responses(400, 408, 409, 413)},
             },
             "get": {
                 "operationId": "readEvents",
@@ -288,7 +289,7 @@ def _base_paths() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("CreateSnapshotRequest")}},
                 },
-                "responses": {**_ok(201, "SnapshotCreated", "Created"), **_error_responses(400, 404, 413)},
+                "responses": {**_ok(201, "SnapshotCreated", "Created"), **_error_responses(400, 404, 408, 413)},
             }
         },
         "/api/v1/streams/{stream_id}/snapshots/latest": {

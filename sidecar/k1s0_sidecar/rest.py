@@ -6,6 +6,7 @@ middleware authenticates and authorises before the handler runs, so a handler ca
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -16,13 +17,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from k1s0_event_store import DocumentPage, PermissionDeniedError, UnauthenticatedError, ValidationError, encode_event
+from k1s0_event_store import (
+    DocumentPage,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    ValidationError,
+    decode_json_text,
+    encode_event,
+    parse_json,
+)
 
 from . import audit, console, wire
 from .authz import Authenticator, Principal, Role, check
-from .errors import RequestError, classify, error_body, error_code, http_status, new_request_id
+from .errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, error_code, http_status, new_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .service import EventStoreService
@@ -31,6 +41,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# ASCII digits only: int() also takes other scripts' digits (Arabic-Indic one), "1_000" and spaces.
+_INTEGER = re.compile(r"-?[0-9]+")
+#: A REST body wraps each payload, metadata or state in at most three levels ({"events": [{…}]}).
+_BODY_NESTING = 3
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
@@ -56,36 +70,49 @@ def _json_text(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="application/json")
 
 
+def _integer(raw: str, name: str) -> int:
+    if not _INTEGER.fullmatch(raw) or len(raw) > 40:
+        raise ValidationError(f"{name} must be an integer of ASCII digits (got {raw[:40]!r})", field=name)
+    return int(raw)
+
+
 def _query_int(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer (got {raw!r})", field=name) from None
+    return _integer(raw, name)
 
 
 def _path_int(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    if not raw.isdigit():
-        raise ValidationError(f"{name} must be a positive integer (got {raw!r})", field=name)
-    return int(raw)
+    return _integer(request.match_info[name], name)
 
 
-async def _body(request: web.Request) -> Any:
+def _too_large(request: web.Request) -> RequestError:
+    return RequestError(
+        "SYS_EVSTORE_PAYLOAD_TOO_LARGE", f"request body is larger than {request.client_max_size} bytes"
+    )
+
+
+async def _body(request: web.Request, timeout: float, max_depth: int) -> Any:
+    """The request body as JSON, read within ``timeout`` and parsed by the same parser as gRPC's
+    ``payload_json`` (each payload, metadata and state is then held to ``max_depth`` on its own)."""
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request) from None
+    except TimeoutError:
         raise RequestError(
-            "SYS_EVSTORE_PAYLOAD_TOO_LARGE", f"request body is larger than {request.client_max_size} bytes"
+            "SYS_EVSTORE_REQUEST_TIMEOUT", f"the request body did not arrive within {timeout:g} seconds"
         ) from None
+    except HttpProcessingError as exc:  # malformed HTTP is a 400 (aiohttp answers most such itself)
+        raise ValidationError(f"malformed request body: {exc.message}", field="body") from None
+    except ConnectionError as exc:
+        log.info("client went away while sending %s %s: %s", request.method, request.path, exc)
+        raise RequestError(CLIENT_CLOSED_CODE, "the client closed the connection") from None
     if not raw:
         raise ValidationError("request body is required (JSON)", field="body")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
+    return parse_json(decode_json_text(raw, "body"), "body", max_depth, wrapping=_BODY_NESTING)
 
 
 class RestApi:
@@ -97,12 +124,14 @@ class RestApi:
         readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
         *,
         max_body_bytes: int,
+        body_timeout: float = 60.0,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
         self.metrics = metrics
         self.readiness = readiness
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.extra_routes: list[Route] = []
         #: The subscription hub (set by the runtime); the SSE routes need it.
         self.subscriptions: Any = None
@@ -167,6 +196,8 @@ class RestApi:
         )
         failure: BaseException | None = None
         try:
+            if request.content_length is not None and request.content_length > self.max_body_bytes:
+                raise _too_large(request)  # refused before a byte of it is read
             if resource is not None and key not in self._roles:
                 # fail closed, like the gRPC interceptor: a route added without a rule is refused
                 raise PermissionDeniedError(f"no authorisation rule for {key}")
@@ -193,6 +224,8 @@ class RestApi:
                          None if failure is None else error_code(failure), http_status=response.status)
         audit.access("rest", request.method, request.rel_url.raw_path, str(response.status), started, request_id,
                      client)
+        if response.status == 408:
+            response.force_close()  # the rest of a late body must not be read as the next request
         response.headers["X-Request-Id"] = request_id
         self.metrics.http_requests.labels(route, request.method, str(response.status)).inc()
         self.metrics.http_latency.labels(route, request.method).observe(time.perf_counter() - started)
@@ -221,10 +254,13 @@ class RestApi:
             return exc
         return err
 
+    async def _body(self, request: web.Request) -> Any:
+        return await _body(request, self.body_timeout, self.service.settings.max_json_depth)
+
     # -- event-store routes ------------------------------------------------------------------
 
     async def append(self, request: web.Request) -> web.Response:
-        events, expected = wire.parse_append(await _body(request))
+        events, expected = wire.parse_append(await self._body(request))
         appended = await self.service.append(
             request.match_info["stream_id"], events, expected, request.get(PRINCIPAL_KEY)
         )
@@ -278,7 +314,7 @@ class RestApi:
         return _json({"streams": streams, "next_after": listed.next_after})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
-        version, kind, state = wire.parse_snapshot(await _body(request))
+        version, kind, state = wire.parse_snapshot(await self._body(request))
         snap = await self.service.create_snapshot(request.match_info["stream_id"], version, kind, state)
         return _json(wire.snapshot_json(snap, with_state=False), 201)
 
@@ -309,9 +345,7 @@ class RestApi:
         raw = request.headers.get("Last-Event-ID")
         if raw is None or raw == "":
             return None
-        if not raw.isdigit():
-            raise ValidationError(f"Last-Event-ID must be an event sequence (got {raw!r})", field="Last-Event-ID")
-        return int(raw)
+        return _integer(raw, "Last-Event-ID")
 
     async def subscribe_stream(self, request: web.Request) -> web.StreamResponse:
         hub = self._hub()

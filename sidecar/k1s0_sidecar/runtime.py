@@ -206,6 +206,7 @@ class Sidecar:
             max_connections=cfg.database.max_connections,
             connect_timeout_seconds=cfg.database.connect_timeout_seconds,
             max_events_per_append=cfg.event_store.max_events_per_append,
+            max_json_depth=cfg.event_store.max_json_depth,
         )
         if run_migrations:
             conn = await asyncpg.connect(dsn, timeout=cfg.database.connect_timeout_seconds)
@@ -234,7 +235,8 @@ class Sidecar:
         self.service = EventStoreService(self.store, self.snapshots, cfg.event_store, self.metrics, self.committer)
         self.authenticator = make_authenticator(cfg)
         self.rest = RestApi(
-            self.service, self.authenticator, self.metrics, self.readiness, max_body_bytes=cfg.server.max_body_bytes
+            self.service, self.authenticator, self.metrics, self.readiness, max_body_bytes=cfg.server.max_body_bytes,
+            body_timeout=cfg.server.body_timeout_seconds,
         )
         self.servicer = EventStoreServicer(self.service)
         self.subscriptions = SubscriptionHub(
@@ -290,7 +292,10 @@ class Sidecar:
 
     async def _start_rest(self) -> None:
         self._runner = web.AppRunner(
-            self.rest.application(), shutdown_timeout=self.config.server.shutdown_grace_seconds, access_log=None
+            self.rest.application(), shutdown_timeout=self.config.server.shutdown_grace_seconds, access_log=None,
+            # aiohttp closes a connection still waiting for a request's headers when this runs out
+            # (and an idle keep-alive one): the header timeout against slow-header clients.
+            keepalive_timeout=self.config.server.header_timeout_seconds,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)

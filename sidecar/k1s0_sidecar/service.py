@@ -31,7 +31,14 @@ from k1s0_event_store import (
     encode_event,
     prepare_append,
 )
-from k1s0_event_store._model import MAX_INT64, PreparedEvent, prepared_append, rfc3339, validate_version_bound
+from k1s0_event_store._model import (
+    MAX_INT64,
+    PreparedEvent,
+    prepared_append,
+    rfc3339,
+    validate_timestamp,
+    validate_version_bound,
+)
 
 from . import audit, tracing
 from .authz import Principal
@@ -129,7 +136,8 @@ class EventStoreService:
         if subject is not None:
             events = [_audited(e, subject) for e in events]
         request = prepare_append(
-            stream_id, events, expected_version, max_events=self.settings.max_events_per_append
+            stream_id, events, expected_version, max_events=self.settings.max_events_per_append,
+            max_depth=self.settings.max_json_depth,
         )
         if tracing.ENABLED:
             request = tracing.stamp(request)
@@ -150,13 +158,14 @@ class EventStoreService:
         started = time.perf_counter()
         audit.note_append(request)
         try:
-            if self.committer is not None:
-                result = await self.committer.submit(request)
-            else:
-                (outcome,) = await self.store.append_batch([request])
-                if isinstance(outcome, Exception):
-                    raise outcome
-                result = outcome
+            with self.metrics.appends_pending.track_inprogress():
+                if self.committer is not None:
+                    result = await self.committer.submit(request)
+                else:
+                    (outcome,) = await self.store.append_batch([request])
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    result = outcome
         except Exception as exc:
             if getattr(exc, "code", "") == "SYS_EVSTORE_VERSION_CONFLICT":
                 self.metrics.append_conflicts.inc()
@@ -197,8 +206,9 @@ class EventStoreService:
             raise ValidationError(
                 f"page_size must be at most {self.settings.max_page_size} (got {size})", field="page_size"
             )
-        if (number - 1) * size > MAX_INT64:
-            raise ValidationError("page is too large", field="page")
+        # The page starts at version first + offset; beyond 64 bits it cannot exist (nor be sent to SQL).
+        if max(first, 1) + (number - 1) * size > MAX_INT64:
+            raise ValidationError("page is beyond the largest possible version (2^63-1)", field="page")
         args: dict[str, Any] = {"from_version": first, "to_version": last, "event_type": event_type,
                                 "offset": (number - 1) * size, "limit": size}
         # PostgreSQL renders the events where it can; nothing is decoded on the way through.
@@ -306,6 +316,7 @@ class EventStoreService:
         return snap
 
     async def prune_snapshots(self, older_than: datetime) -> int:
+        older_than = validate_timestamp(older_than, "older_than")
         audit.note(older_than=older_than)
         removed = await self.snapshots.prune(older_than)
         audit.note(removed_snapshots=removed)

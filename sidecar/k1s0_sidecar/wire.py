@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, StreamSummary, ValidationError, encode_event
-from k1s0_event_store._model import rfc3339
+from k1s0_event_store._model import rfc3339, validate_timestamp
 
 _EVENT_KEYS = {"event_type", "payload", "metadata", "event_id", "occurred_at"}
 _APPEND_KEYS = {"events", "expected_version"}
@@ -31,7 +31,7 @@ def parse_time(value: object, field: str) -> datetime:
         raise ValidationError(f"{field} is not an RFC 3339 timestamp: {value!r}", field=field) from None
     if parsed.tzinfo is None:
         raise ValidationError(f"{field} must carry a time-zone offset", field=field)
-    return parsed
+    return validate_timestamp(parsed, field)
 
 
 def parse_uuid(value: object, field: str) -> uuid.UUID:

@@ -22,6 +22,7 @@ import yaml
 from kmock import Server
 from kubernetes import config as k8s_config
 
+from k1s0_operator._clusters import Clusters
 from k1s0_operator._runtime import Runtime
 from k1s0_operator.main import Kube, operate
 from k1s0_sidecar.config import Config, load_config
@@ -101,10 +102,10 @@ def operator_config(admin_dsn: str, brokers: str) -> Config:
     )
 
 
-async def start_operator(config: Config, namespaces: list[str]) -> RunningOperator:
+async def start_operator(config: Config, namespaces: list[str], clusters: Clusters | None = None) -> RunningOperator:
     kubeconfig = os.environ["KUBECONFIG"]
     api_client = k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    runtime = Runtime(config=config, kube=Kube(api_client), backoff_base=0.5)
+    runtime = Runtime(config=config, kube=Kube(api_client), backoff_base=0.5, clusters=clusters)
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 

@@ -47,9 +47,12 @@ def test_the_crd_is_a_valid_kubernetes_manifest_with_the_agreed_names() -> None:
     (version,) = spec["versions"]
     assert version["name"] == "v1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "Schema", "Topic", "Phase", "Age"]
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Ready", "Schema", "Topic", "Cluster", "Phase", "Age"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    expected = {"conditions", "observedGeneration", "phase", "schema", "topics", "secretName", "configMapName"}
+    expected = {
+        "conditions", "observedGeneration", "phase", "schema", "cluster", "topics", "secretName", "configMapName"
+    }
     assert expected <= set(status)
 
 

@@ -655,7 +655,7 @@ class PostgresSnapshotStore(_PoolOwner, SnapshotStore):
     ) -> Snapshot:
         sid = StreamId.of(stream_id)
         validate_version_bound(version, "snapshot_version", 1)
-        state_json = encode_json(state, "state")
+        state_json = encode_json(state, "state", self.config.max_json_depth)
         kind = validate_name(aggregate_type or sid.aggregate_type, "aggregate_type", 255)
         snap_id = new_snapshot_id()
         async with self.connection() as conn:

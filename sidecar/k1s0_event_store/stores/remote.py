@@ -36,6 +36,7 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._json import MAX_JSON_DEPTH_LIMIT
 from .._listing import StreamList, StreamSummary, validate_list_streams
 from .._model import (
     AppendRequest,
@@ -73,7 +74,8 @@ def _envelope(e: pb.StoredEvent, cache: dict[str, StreamId]) -> EventEnvelope:
     return EventEnvelope(
         event_type=e.event_type,
         payload=json.loads(e.payload_json),
-        metadata=metadata_from_pb(e.metadata),
+        # what a sidecar stored is read whatever depth it was configured to accept
+        metadata=metadata_from_pb(e.metadata, max_depth=MAX_JSON_DEPTH_LIMIT),
         stream_id=sid,
         event_id=uuid.UUID(e.event_id) if e.event_id else None,
         occurred_at=_time(e.occurred_at),
