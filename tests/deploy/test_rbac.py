@@ -74,11 +74,17 @@ async def served(api: ApiServer, docs: list[dict[str, Any]]) -> None:
         await api.create_namespace(ns)
 
 
-@pytest.fixture
+#: The chart's two RBAC layouts: cluster-wide (ClusterRoleBindings, a ClusterKopfPeering), and
+#: operator.watchNamespaces (RoleBindings in the watched namespace, a KopfPeering there).
+LAYOUTS = {"cluster-wide": None, "watched-namespace": {"operator": {"watchNamespaces": [NAMESPACE]}}}
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
 async def operator_process(
-    api: ApiServer, tools: KubeTools, pg: LocalPostgres, kafka: LocalKafka, tmp_path: Path
+    request: pytest.FixtureRequest, api: ApiServer, tools: KubeTools, pg: LocalPostgres, kafka: LocalKafka,
+    tmp_path: Path,
 ) -> AsyncIterator[dict[str, Any]]:
-    docs = render(tools)
+    docs = render(tools, LAYOUTS[request.param], tmp=tmp_path)
     await served(api, docs)
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -100,7 +106,7 @@ async def operator_process(
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(str(command), *args, env=env, stdout=out, stderr=out)
     try:
-        yield {"ports": ports, "log": log, "docs": docs, "proc": proc}
+        yield {"ports": ports, "log": log, "docs": docs, "proc": proc, "args": args}
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -187,7 +193,9 @@ async def test_operator_lifecycle_within_the_charts_rbac(api: ApiServer, operato
     # The lifecycle did exercise the rules that are easy to forget.
     for needed in (("update", "eventstreams", "finalizers"), ("patch", "eventstreams", "status"),
                    ("patch", "eventstreams", ""), ("get", "eventstreams", ""), ("create", "secrets", ""),
-                   ("delete", "secrets", ""), ("create", "events", ""), ("patch", "clusterkopfpeerings", ""),
+                   ("delete", "secrets", ""), ("create", "events", ""),
+                   ("patch", "kopfpeerings" if "--all-namespaces" not in operator_process["args"] else
+                    "clusterkopfpeerings", ""),
                    ("patch", "mutatingwebhookconfigurations", ""), ("watch", "customresourcedefinitions", "")):
         assert needed in checked, (needed, " ".join(map(str, sorted(checked))))
 
