@@ -100,8 +100,9 @@ def requests(spec: dict[str, Any]) -> tuple[list[bytes], str, int, int]:
                 stream_id=chooser.next(),
                 events=[pb.EventData(event_type=EVENT_TYPE, payload_json=payload_json(n + k).encode())
                         for k in range(per)],
-                expected_version=pb.EXPECTED_VERSION_ANY,  # unset would mean "version 0"
             )
+            if not spec.get("any_version_unset"):  # (an older sidecar, see fleetrun)
+                request.expected_version = pb.EXPECTED_VERSION_ANY  # unset would mean "version 0"
             n += per
             out.append(request.SerializeToString())
             size += len(out[-1])

@@ -15,6 +15,7 @@ import pytest
 
 from k1s0_event_store import EventStoreConfig
 from k1s0_event_store.schema import migrate
+from tests.support.kafka import LocalKafka
 from tests.support.postgres import LocalPostgres
 
 _schema_counter = itertools.count(1)
@@ -28,6 +29,18 @@ def pg() -> Iterator[LocalPostgres]:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[LocalKafka]:
+    """One real Kafka-protocol broker per session, started when a test first asks for it, for the
+    tests that do not break it (those that stop a broker start their own)."""
+    broker = LocalKafka()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

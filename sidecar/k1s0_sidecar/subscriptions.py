@@ -9,11 +9,11 @@ however fast the fleet appends. (Appends used to NOTIFY; every commit then woke 
 which queried PostgreSQL, and notifying commits are serialised database-wide.) ``LISTEN`` remains
 for stream deletions, which are rare.
 
-A subscriber reads history from the database itself, then registers with the hub. Registration is
-synchronous and returns the hub's head ``H``: the hub will queue every matching event with
-``sequence > H``, and the subscriber reads ``(its position, H]`` from the database once more before
-draining its queue. Events are committed in sequence order (see ``k1s0_event_store.schema``), so
-everything at or below ``H`` is already readable; duplicates are dropped by position.
+A subscriber reads history from the database itself, then registers with the hub. Registration
+returns the hub's head ``H``: the hub will queue every matching event with ``sequence > H``, and
+the subscriber reads ``(its position, H]`` from the database once more before draining its queue.
+Every read of the global order stops at the safe sequence (see ``k1s0_event_store.schema``), so
+everything at or below ``H`` is final and readable; duplicates are dropped by position.
 
 Memory is bounded: a subscriber's queue holds at most ``buffer`` events. One that falls that far
 behind is dropped from the hub (the hub never waits for it) and goes back to reading from the

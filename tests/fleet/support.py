@@ -211,8 +211,9 @@ class GrpcClient(Client):
                 for e in events
             ],
         )
-        if expected is not None:
-            req.expected_version = expected
+        # Over gRPC an unset expected_version means version 0, as in the design's proto: "any
+        # version" is the explicit EXPECTED_VERSION_ANY.
+        req.expected_version = pb.EXPECTED_VERSION_ANY if expected is None else expected
         try:
             resp = await self.stub.AppendEvents(req, timeout=60)
         except grpc.aio.AioRpcError as exc:

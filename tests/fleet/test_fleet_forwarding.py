@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -34,15 +34,6 @@ from .support import (
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -9,17 +9,6 @@ import pytest
 from tests.support.kafka import LocalKafka
 
 from .support import create_topics
-
-
-@pytest.fixture(scope="session")
-def kafka() -> Iterator[LocalKafka]:
-    """One broker for the tests that do not break it."""
-    broker = LocalKafka()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

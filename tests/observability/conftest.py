@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,16 +12,6 @@ from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
 from .otlp import OtlpReceiver, exporter_env
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="module")
