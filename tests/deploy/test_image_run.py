@@ -226,16 +226,6 @@ def tools() -> KubeTools:
     return ensure_kube_tools()
 
 
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 async def test_operator_image_reconciles_under_the_charts_rbac(
     images: Images, api: ApiServer, tools: KubeTools, pg: LocalPostgres, kafka: LocalKafka, tmp_path: Path
 ) -> None:

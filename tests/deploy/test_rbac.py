@@ -18,7 +18,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +46,6 @@ SECRETS = ("", "v1", "secrets")
 @pytest.fixture(scope="module")
 def tools() -> KubeTools:
     return ensure_kube_tools()
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def chart_env(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
