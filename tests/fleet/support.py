@@ -403,7 +403,11 @@ class GrpcPoller(Reader):
         async with grpc.aio.insecure_channel(self.sidecar.grpc_target) as channel:
             stub = pb_grpc.EventStoreServiceStub(channel)
             while True:
-                resp = await stub.ReadAll(pb.ReadAllRequest(after_sequence=self.last, limit=500), timeout=60)
+                # wait_for_ready: gRPC shares connections between channels to one address, and one
+                # to a sidecar that was just killed and restarted may still be in its reconnect
+                # back-off; without it the first call fails fast while the sidecar serves.
+                resp = await stub.ReadAll(pb.ReadAllRequest(after_sequence=self.last, limit=500), timeout=60,
+                                          wait_for_ready=True)
                 self.seen.extend(Event(e.sequence, e.event_id, e.stream_id, e.version) for e in resp.events)
                 if not resp.events:
                     await asyncio.sleep(0.02)
