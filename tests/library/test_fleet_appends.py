@@ -302,3 +302,38 @@ async def test_without_parallel_commits_the_lock_is_held_through_the_commit(
         await held.close()
         await admin.close()
         await store.close()
+
+
+async def test_the_locked_path_waits_for_an_append_still_committing_and_plans_again(
+    config: EventStoreConfig, pg_dsn: str
+) -> None:
+    """The transactional-outbox path (and the locked fallback) reads the committed versions; an
+    append still committing the same stream's next version makes its insert wait and collide. It
+    must plan again on the committed state, not fail the request."""
+    store = PostgresEventStore(config)
+    held = await asyncpg.connect(pg_dsn)
+    outbox = await asyncpg.connect(pg_dsn)
+    watcher = await asyncpg.connect(pg_dsn)
+    try:
+        await _append_in_open_transaction(held, config.schema, "shared-1")
+        outbox_pid = outbox.get_server_pid()
+
+        async def append_in_outbox() -> list[AppendResult | EventStoreError]:
+            async with outbox.transaction():
+                return await store.append_batch([prepare_append("shared-1", [ev(2)])], connection=outbox)
+
+        task = asyncio.create_task(append_in_outbox())
+        deadline = asyncio.get_running_loop().time() + 10
+        waiting = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+        while await watcher.fetchval(waiting, outbox_pid) != "Lock":
+            assert asyncio.get_running_loop().time() < deadline, "the outbox append never waited"
+            assert not task.done(), task
+        await held.execute("COMMIT")
+        (result,) = await asyncio.wait_for(task, 10)
+        assert isinstance(result, AppendResult), result
+        assert result.current_version == 2
+        assert [e.version for e in await store.load("shared-1")] == [1, 2]
+    finally:
+        for c in (held, outbox, watcher):
+            await c.close()
+        await store.close()

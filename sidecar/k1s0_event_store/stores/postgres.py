@@ -79,6 +79,8 @@ _CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
 _DATA_ERRORS = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 #: Optimistic plans tried before a batch is decided under the lock (see _append_planned).
 _OPTIMISTIC_ATTEMPTS = 3
+#: Plans made again under the lock when an appender still committing wrote the same row first.
+_IN_FLIGHT_RETRIES = 20
 _KNOWN_VERSIONS_LIMIT = 50_000
 
 
@@ -375,17 +377,33 @@ class PostgresEventStore(_PoolOwner, EventStore):
     async def _append_in(
         self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | EventStoreError]:
-        """Decide and write, inside a transaction that already holds the append lock."""
-        versions, stored_by_id = await self._read_state(conn, requests)
-        decisions = plan(requests, versions, stored_by_id)
-        writes = [d for d in decisions if isinstance(d, Write)]
-        inserted: dict[uuid.UUID, tuple[int, datetime]] = {}
-        if writes:
-            args, finals = self._write_args(writes, versions)
-            rows = await conn.fetch(self._sql_write, *args[6:], *args[3:6])
-            inserted = {row[0]: (row[1], row[2]) for row in rows}
-            self._remember(finals)
-        return self._results(decisions, inserted)
+        """Decide and write, inside a transaction that already holds the append lock and its mark.
+
+        With parallel commits, an appender that released the lock may still be committing a
+        version of a stream this batch writes, or an event id it gives, which this transaction's
+        reads cannot see yet: the insert then waits for that commit and fails on the unique index.
+        The write is undone to a savepoint and planned again on what is now committed."""
+        for attempt in range(_IN_FLIGHT_RETRIES):
+            versions, stored_by_id = await self._read_state(conn, requests)
+            decisions = plan(requests, versions, stored_by_id)
+            writes = [d for d in decisions if isinstance(d, Write)]
+            inserted: dict[uuid.UUID, tuple[int, datetime]] = {}
+            if writes:
+                args, finals = self._write_args(writes, versions)
+                await conn.execute("SAVEPOINT k1s0_append")
+                try:
+                    rows = await conn.fetch(self._sql_write, *args[6:], *args[3:6])
+                except asyncpg.exceptions.UniqueViolationError:
+                    if attempt + 1 == _IN_FLIGHT_RETRIES:
+                        raise
+                    await conn.execute("ROLLBACK TO SAVEPOINT k1s0_append")
+                    self.append_stats.replanned += 1
+                    continue
+                await conn.execute("RELEASE SAVEPOINT k1s0_append")
+                inserted = {row[0]: (row[1], row[2]) for row in rows}
+                self._remember(finals)
+            return self._results(decisions, inserted)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _results(
