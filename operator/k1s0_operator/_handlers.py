@@ -15,7 +15,7 @@ import kopf
 from . import _health, _reconcile
 from ._login import connection_info
 from ._runtime import Runtime, drift_interval
-from ._spec import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION
+from ._spec import DEFAULT_CLUSTER, GROUP, PAUSE_ANNOTATION, PLURAL, VERSION
 
 FINALIZER = f"{GROUP}/finalizer"
 KOPF_PREFIX = f"kopf.{GROUP}"
@@ -28,6 +28,13 @@ def _paused(annotations: Mapping[str, str], **_: Any) -> bool:
 
 def _active(annotations: Mapping[str, str], **_: Any) -> bool:
     return not _paused(annotations)
+
+
+def _cluster(body: kopf.Body) -> str:
+    """The PostgreSQL cluster a stream is on (as provisioned, else as asked), for the metrics."""
+    recorded = (body.get("status") or {}).get("cluster")
+    asked = ((body.get("spec") or {}).get("database") or {}).get("cluster")
+    return str(recorded or asked or DEFAULT_CLUSTER)
 
 
 def _runtime(memo: kopf.Memo) -> Runtime:
@@ -63,7 +70,7 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 async def reconcile(
     body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any
 ) -> None:
-    async with _health.tracked("reconcile", patch):
+    async with _health.tracked("reconcile", patch, _cluster(body)):
         await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=retry)
 
 
@@ -74,7 +81,7 @@ async def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, m
     generation = body.get("metadata", {}).get("generation")
     if status.get("observedGeneration") != generation:
         return  # a spec change is not handled yet: that is the change handlers' job, not drift
-    async with _health.tracked("drift", patch):
+    async with _health.tracked("drift", patch, _cluster(body)):
         await _reconcile.reconcile(body=body, status=status, patch=patch, runtime=_runtime(memo), retry=0)
 
 
@@ -88,5 +95,5 @@ def report_paused(status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
 
 @kopf.on.delete(*RESOURCE, when=_active)
 async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    async with _health.tracked("delete"):
+    async with _health.tracked("delete", cluster=_cluster(body)):
         await _reconcile.delete(body=body, runtime=_runtime(memo), retry=retry)

@@ -42,6 +42,16 @@ RECONCILE_ERRORS = Counter(
     "k1s0_operator_reconcile_errors", "Failed EventStream handler runs by the reason they reported.",
     ["handler", "reason"], registry=REGISTRY,
 )
+CLUSTER_RECONCILES = Counter(
+    "k1s0_operator_cluster_reconciles",
+    "EventStream handler runs by the PostgreSQL cluster the stream is placed on, and outcome.",
+    ["cluster", "outcome"], registry=REGISTRY,
+)
+CLUSTER_RECONCILE_ERRORS = Counter(
+    "k1s0_operator_cluster_reconcile_errors",
+    "Failed EventStream handler runs by cluster and the reason they reported (DatabaseUnavailable: that"
+    " cluster is unreachable).", ["cluster", "reason"], registry=REGISTRY,
+)
 ADMISSIONS = Counter(
     "k1s0_operator_admissions",
     "Pod admissions by outcome (injected, unchanged, refused, unavailable).", ["outcome"], registry=REGISTRY,
@@ -88,22 +98,32 @@ def _failure_reason(patch: kopf.Patch | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def tracked(handler: str, patch: kopf.Patch | None = None) -> AsyncIterator[None]:
-    """Counts and times one handler run; a failure is counted by the reason it wrote to Ready."""
+async def tracked(handler: str, patch: kopf.Patch | None = None, cluster: str | None = None) -> AsyncIterator[None]:
+    """Counts and times one handler run; a failure is counted by the reason it wrote to Ready, and,
+    with ``cluster`` (the stream's PostgreSQL cluster), per cluster as well."""
     token = object()
     start = _running[token] = time.monotonic()
+
+    def count(outcome: str, failed: bool) -> None:
+        RECONCILES.labels(handler, outcome).inc()
+        reason = _failure_reason(patch) if failed else ""
+        if failed:
+            RECONCILE_ERRORS.labels(handler, reason).inc()
+        if cluster is not None:
+            CLUSTER_RECONCILES.labels(cluster, outcome).inc()
+            if failed:
+                CLUSTER_RECONCILE_ERRORS.labels(cluster, reason).inc()
+
     try:
         yield
     except kopf.TemporaryError:
-        RECONCILES.labels(handler, "retry").inc()
-        RECONCILE_ERRORS.labels(handler, _failure_reason(patch)).inc()
+        count("retry", True)
         raise
     except Exception:
-        RECONCILES.labels(handler, "failed").inc()
-        RECONCILE_ERRORS.labels(handler, _failure_reason(patch)).inc()
+        count("failed", True)
         raise
     else:
-        RECONCILES.labels(handler, "ok").inc()
+        count("ok", False)
     finally:
         _running.pop(token, None)
         RECONCILE_SECONDS.labels(handler).observe(time.monotonic() - start)

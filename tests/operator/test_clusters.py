@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from k1s0_operator._clusters import CnpgRef, SecretRef, parse_clusters
+from k1s0_operator._health import REGISTRY
 from k1s0_operator._runtime import load_operator
 from k1s0_sidecar.config import ConfigError, to_yaml
 from tests.operator.conftest import (
@@ -198,11 +199,19 @@ async def test_an_unreachable_cluster_fails_only_its_streams_and_unknown_names_a
     await api.patch_object(EVS, namespace, "typo", {"spec": {"database": {"cluster": "west"}}})
     assert (await ready(api, namespace, "typo"))["status"]["cluster"] == "west"
 
+    def unavailable(cluster: str) -> float:
+        return REGISTRY.get_sample_value(
+            "k1s0_operator_cluster_reconcile_errors_total", {"cluster": cluster, "reason": "DatabaseUnavailable"}
+        ) or 0.0
+
+    east_before, west_before = unavailable("east"), unavailable("west")
     west.stop()
     try:
         obj = await with_condition(api, namespace, "waits", "SchemaReady", "DatabaseUnavailable", timeout=30)
         message = condition(obj, "SchemaReady")["message"]
         assert message.startswith("cluster west: PostgreSQL is unavailable")
+        # The operator's metrics say which cluster is failing.
+        assert unavailable("west") > west_before and unavailable("east") == east_before
         assert condition(obj, "Ready")["status"] == "False"
         # The east stream stays Ready, and east keeps being reconciled: a new stream there gets Ready.
         assert condition(api.obj(EVS, namespace, "stays"), "Ready")["status"] == "True"
