@@ -190,6 +190,9 @@ class PostgresEventStore(_PoolOwner, EventStore):
         self._sql_by_ids = f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1::uuid[])"
         self._sql_append_planned = f"SELECT * FROM {s}.append_planned({', '.join(f'${i}' for i in range(1, 14))})"
         self._sql_safe = f"SELECT {s}.safe_sequence()"
+        self._sql_head = (
+            f"SELECT coalesce(max(sequence), 0) FROM {s}.events WHERE sequence <= (SELECT {s}.safe_sequence())"
+        )
         # Stream versions this store last read or wrote: the first guess of every plan.
         self._known_versions: dict[str, int] = {}
         self.append_stats = AppendStats()
@@ -617,12 +620,13 @@ class PostgresEventStore(_PoolOwner, EventStore):
         return rows
 
     async def head_sequence(self) -> int:
-        """The highest sequence of a stored event below which nothing can still commit."""
+        """The highest sequence of a stored event at or below the safe sequence.
+
+        One statement: its snapshot is taken before the bound, so an event committed in between
+        may be left out, which makes the head lower, never too high (a head is where a reader
+        starts or stops: a low one only means more to read)."""
         async with self.connection() as conn:
-            safe = await conn.fetchval(self._sql_safe)
-            return int(await conn.fetchval(
-                f"SELECT coalesce(max(sequence), 0) FROM {self._s}.events WHERE sequence <= $1", safe
-            ))
+            return int(await conn.fetchval(self._sql_head))
 
     async def exists(self, stream_id: StreamId | str) -> bool:
         return await self.current_version(stream_id) > 0
