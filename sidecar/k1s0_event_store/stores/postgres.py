@@ -173,7 +173,6 @@ class AppendStats:
     """How batches were written (see ``PostgresEventStore._append_planned``): counters for metrics
     and tests. ``replanned`` counts plans found stale, ``locked`` batches decided under the lock."""
 
-    batches: int = 0
     replanned: int = 0
     locked: int = 0
 
@@ -200,11 +199,11 @@ class PostgresEventStore(_PoolOwner, EventStore):
         # at the end of the statement, so it sees the stream rows the CTE inserted.
         self._sql_write = (
             f"WITH streams AS (INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)"
-            " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
             " ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW())"
             f" INSERT INTO {s}.events (event_id, stream_id, version, event_type, payload, metadata, occurred_at)"
             " SELECT e, sid, v, t, p::jsonb, m::jsonb, o FROM unnest("
-            "$1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])"
+            "$4::uuid[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])"
             " AS u(e, sid, v, t, p, m, o)"
             " RETURNING event_id, sequence, stored_at"
         )
@@ -265,7 +264,6 @@ class PostgresEventStore(_PoolOwner, EventStore):
         sidecars), the batch is decided under the lock instead, which always completes.
         """
         stats = self.append_stats
-        stats.batches += 1
         versions = self._guess_versions(requests)
         stored_by_id: dict[uuid.UUID, EventEnvelope] = {}
         guessed, stale = True, 0
@@ -324,7 +322,8 @@ class PostgresEventStore(_PoolOwner, EventStore):
     def _write_args(
         writes: Sequence[Write], versions: dict[str, int]
     ) -> tuple[list[list[Any]], dict[str, tuple[str, int]]]:
-        """The column arrays of the writes, with the planned versions they are checked against."""
+        """``append_planned``'s arguments: the three checks (streams at their planned versions, the
+        given event ids not stored), then the stream rows and the event columns."""
         final: dict[str, tuple[str, int]] = {}
         check_ids: list[uuid.UUID] = []
         ids: list[uuid.UUID] = []
@@ -359,7 +358,8 @@ class PostgresEventStore(_PoolOwner, EventStore):
     async def _append_locked(
         self, conn: asyncpg.Connection, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | EventStoreError]:
-        """Decide and write while holding the append lock across the round trips (always completes)."""
+        """Decide and write while holding the append lock across the round trips (no race with
+        another plan; only an appender still committing can make it plan again, see _append_in)."""
         key = await self._append_lock_key(conn)
         # One round trip opens the transaction and takes the lock (simple-query protocol; the key
         # is an integer we computed). The lock must come before the reads in _append_in: under
@@ -395,7 +395,8 @@ class PostgresEventStore(_PoolOwner, EventStore):
                 args, finals = self._write_args(writes, versions)
                 await conn.execute("SAVEPOINT k1s0_append")
                 try:
-                    rows = await conn.fetch(self._sql_write, *args[6:], *args[3:6])
+                    # append_planned's arguments without its three checks: the lock makes them true
+                    rows = await conn.fetch(self._sql_write, *args[3:])
                 except asyncpg.exceptions.UniqueViolationError:
                     if attempt + 1 == _IN_FLIGHT_RETRIES:
                         raise
