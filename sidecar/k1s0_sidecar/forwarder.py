@@ -60,6 +60,7 @@ from ._publisher import (
     describe,
 )
 from .config import KafkaSection
+from .group_commit import CHASE_STEP, CHASES
 from .openapi import EXTRA_PATHS
 
 log = logging.getLogger("k1s0_sidecar.forwarder")
@@ -467,9 +468,9 @@ class Forwarder:
                     # committing (commits run in parallel): look again soon, not at the next poll,
                     # for a while (the event may also have been deleted meanwhile).
                     chases = chases + 1 if self._wanted > position else 0
-                    if chases > 12:
+                    if chases > CHASES:
                         self._wanted = chases = 0
-                    await self._idle(0.002 * chases if chases else self.poll_interval)
+                    await self._idle(CHASE_STEP * chases if chases else self.poll_interval)
                     continue
                 chases = 0
                 try:

@@ -25,6 +25,12 @@ from . import tracing
 
 log = logging.getLogger(__name__)
 
+#: How a reader woken by ``on_commit`` looks again for that commit while an earlier appender is
+#: still committing (commits run in parallel; reads stop at the safe sequence): at most this many
+#: times, ``CHASE_STEP``, 2 x ``CHASE_STEP``, … apart, then it waits for its next poll.
+CHASES = 12
+CHASE_STEP = 0.002
+
 BatchFn = Callable[[Sequence[AppendRequest]], Awaitable[list[AppendResult | EventStoreError]]]
 
 

@@ -50,12 +50,11 @@ from k1s0_event_store import (
 from k1s0_event_store._model import MAX_EVENT_TYPE_LENGTH, validate_filters, validate_version_bound
 from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
 
+from .group_commit import CHASE_STEP, CHASES
+
 log = logging.getLogger(__name__)
 
 _PAGE = 500
-#: Looking again for an own commit not yet readable: at most this many times, 2 ms, 4 ms, … apart.
-_CHASES = 12
-_CHASE_STEP = 0.002
 #: At most this many queued events are handed to a subscriber at once.
 BATCH_LIMIT = 256
 
@@ -216,10 +215,10 @@ class SubscriptionHub:
             self._wanted = self._chases = 0
             return
         self._chases += 1
-        if self._chases > _CHASES:
+        if self._chases > CHASES:
             self._wanted = self._chases = 0
             return
-        asyncio.get_running_loop().call_later(_CHASE_STEP * self._chases, self._wake_up)
+        asyncio.get_running_loop().call_later(CHASE_STEP * self._chases, self._wake_up)
 
     def _on_delete(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         schema, _, stream = payload.partition("/")
