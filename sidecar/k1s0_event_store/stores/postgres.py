@@ -195,18 +195,6 @@ class PostgresEventStore(_PoolOwner, EventStore):
         # Stream versions this store last read or wrote: the first guess of every plan.
         self._known_versions: dict[str, int] = {}
         self.append_stats = AppendStats()
-        # One statement writes the stream rows and the events. The foreign-key check on events runs
-        # at the end of the statement, so it sees the stream rows the CTE inserted.
-        self._sql_write = (
-            f"WITH streams AS (INSERT INTO {s}.event_streams AS es (id, aggregate_type, current_version)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
-            " ON CONFLICT (id) DO UPDATE SET current_version = EXCLUDED.current_version, updated_at = NOW())"
-            f" INSERT INTO {s}.events (event_id, stream_id, version, event_type, payload, metadata, occurred_at)"
-            " SELECT e, sid, v, t, p::jsonb, m::jsonb, o FROM unnest("
-            "$4::uuid[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])"
-            " AS u(e, sid, v, t, p, m, o)"
-            " RETURNING event_id, sequence, stored_at"
-        )
 
     async def _append_lock_key(self, conn: asyncpg.Connection) -> int:
         if self._lock_key is None:
@@ -385,29 +373,23 @@ class PostgresEventStore(_PoolOwner, EventStore):
         With parallel commits, an appender that released the lock may still be committing a
         version of a stream this batch writes, or an event id it gives, which this transaction's
         reads cannot see yet: the insert then waits for that commit and fails on the unique index.
-        The write is undone to a savepoint and planned again on what is now committed."""
-        for attempt in range(_IN_FLIGHT_RETRIES):
+        The write is undone and planned again on what is now committed."""
+        for _ in range(_IN_FLIGHT_RETRIES):
             versions, stored_by_id = await self._read_state(conn, requests)
             decisions = plan(requests, versions, stored_by_id)
             writes = [d for d in decisions if isinstance(d, Write)]
-            inserted: dict[uuid.UUID, tuple[int, datetime]] = {}
-            if writes:
-                args, finals = self._write_args(writes, versions)
-                await conn.execute("SAVEPOINT k1s0_append")
-                try:
-                    # append_planned's arguments without its three checks: the lock makes them true
-                    rows = await conn.fetch(self._sql_write, *args[3:])
-                except asyncpg.exceptions.UniqueViolationError:
-                    if attempt + 1 == _IN_FLIGHT_RETRIES:
-                        raise
-                    await conn.execute("ROLLBACK TO SAVEPOINT k1s0_append")
-                    self.append_stats.replanned += 1
-                    continue
-                await conn.execute("RELEASE SAVEPOINT k1s0_append")
-                inserted = {row[0]: (row[1], row[2]) for row in rows}
+            if not writes:
+                return self._results(decisions, {})
+            # The same statement as the optimistic path (its locks are re-entrant for this
+            # transaction, its checks pass under the lock, and a collision with an appender still
+            # committing is undone inside it and answered with no rows).
+            args, finals = self._write_args(writes, versions)
+            rows = await conn.fetch(self._sql_append_planned, *args)
+            if rows:
                 self._remember(finals)
-            return self._results(decisions, inserted)
-        raise AssertionError("unreachable")
+                return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+            self.append_stats.replanned += 1
+        raise UnavailableError("appenders still committing kept taking this batch's rows: try again")
 
     @staticmethod
     def _results(
