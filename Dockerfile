@@ -31,6 +31,7 @@ ARG PIP_CERT
 RUN python -m venv /opt/k1s0 && /opt/k1s0/bin/pip install -q -r /tmp/operator.txt
 COPY sidecar/ sidecar/
 COPY operator/ operator/
+COPY cli/ cli/
 RUN /opt/k1s0/bin/pip install -q --no-deps . \
  && /opt/k1s0/bin/pip uninstall -q -y pip setuptools wheel \
  && /opt/k1s0/bin/k1s0-eventstore version
@@ -42,6 +43,7 @@ ARG PIP_CERT
 RUN python -m venv /opt/k1s0 && /opt/k1s0/bin/pip install -q -r /tmp/sidecar.txt
 COPY sidecar/ sidecar/
 COPY operator/ operator/
+COPY cli/ cli/
 RUN /opt/k1s0/bin/pip install -q --no-deps . \
  && /opt/k1s0/bin/pip uninstall -q -y pip setuptools wheel \
  && /opt/k1s0/bin/k1s0-eventstore version \

@@ -251,7 +251,7 @@ class FleetRun:
 
     def _spawn(self, sidecar: ServedSidecar) -> None:
         log_file = sidecar.log_path.open("ab")
-        sidecar.proc = subprocess.Popen([sys.executable, "-m", "k1s0_sidecar.cli", "serve"],
+        sidecar.proc = subprocess.Popen([sys.executable, "-m", "k1s0_cli", "serve"],
                                         env=sidecar.environment(), stdout=log_file, stderr=subprocess.STDOUT)
 
     @contextlib.contextmanager

@@ -367,7 +367,7 @@ class Run:
             f"forwarding p99 {m.extra.get('forwarding_p99_ms')} ms")
 
     def _lag(self, case: Case) -> Measurement:
-        from k1s0_sidecar.config import DEFAULT_TOPIC
+        from k1s0_event_store.sidecar_config import DEFAULT_TOPIC
         from tests.forwarding.support import create_topics
         from tests.support.kafka import LocalKafka
 

@@ -1,4 +1,4 @@
-"""The ``k1s0-eventstore`` command: one entry point, one subcommand per job.
+"""The ``k1s0-eventstore`` subcommands that run or prepare a server, and the parser for all of them.
 
 Subcommands import what they need lazily, so ``k1s0-eventstore version`` stays instant and the
 sidecar image does not need the operator's dependencies loaded to serve.
@@ -105,9 +105,9 @@ def _print_ready(sidecar: Any) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from .config import ConfigError, load_config
-    from .logs import configure_logging
-    from .runtime import PortInUseError, serve
+    from k1s0_event_store.sidecar_config import ConfigError, load_config
+    from k1s0_sidecar.logs import configure_logging
+    from k1s0_sidecar.runtime import PortInUseError, serve
 
     overrides = {"database": {"migrate": True}} if args.migrate else None
     try:
@@ -119,7 +119,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from . import tracing
+    from k1s0_sidecar import tracing
 
     tracing.setup()  # only if OTEL_* variables ask for it; before the servers are built
     try:
@@ -137,7 +137,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_operator(args: argparse.Namespace) -> int:
     import logging
 
-    from .config import ConfigError
+    from k1s0_event_store.sidecar_config import ConfigError
 
     if not args.all_namespaces and not args.namespace:
         print("error: give --namespace NAME (repeatable) or --all-namespaces", file=sys.stderr)
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate", action="store_true", help="apply schema migrations at start-up")
     p.set_defaults(handler=_cmd_serve)
 
-    from .people_cli import register
+    from ._client import register
 
     register(sub)
 
@@ -205,6 +205,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     return handler(args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -42,7 +42,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from k1s0_sidecar.config import ConfigError
+from k1s0_event_store.sidecar_config import ConfigError
 
 from ._postgres import DatabaseUnavailable
 from ._resources import KubernetesUnavailable

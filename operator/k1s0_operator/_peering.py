@@ -48,7 +48,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from k1s0_sidecar.config import ConfigError
+from k1s0_event_store.sidecar_config import ConfigError
 
 NAME_ENV = "EVENTSTORE_OPERATOR_PEERING_NAME"
 PRIORITY_ENV = "EVENTSTORE_OPERATOR_PEERING_PRIORITY"

@@ -19,7 +19,7 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from k1s0_sidecar.config import Config, to_yaml, with_section
+from k1s0_event_store.sidecar_config import Config, to_yaml, with_section
 
 from ._spec import GROUP, PLURAL, STREAM_LABEL, VERSION, StreamSpec
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from k1s0_sidecar.config import Config, load_config
+from k1s0_event_store.sidecar_config import Config, load_config
 
 from ._clusters import Clusters, parse_clusters, read_document, take_clusters
 from ._resources import Kube

@@ -20,9 +20,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from k1s0_event_store import MAX_JSON_DEPTH_LIMIT
-from k1s0_event_store.kafka_security import KafkaSecurity, KafkaSecurityError
-from k1s0_event_store.schema import validate_identifier
+from ._json import MAX_JSON_DEPTH_LIMIT
+from .kafka_security import KafkaSecurity, KafkaSecurityError
+from .schema import validate_identifier
 
 ENV_PREFIX = "EVENTSTORE_"
 DEFAULT_TOPIC = "k1s0.system.eventstore.event.published.v1"

@@ -40,9 +40,9 @@ import aiohttp
 import jwt
 
 from k1s0_event_store import UnauthenticatedError, UnavailableError
+from k1s0_event_store.sidecar_config import AuthSection
 
 from .authz import Authenticator, NoAuthenticator, Principal, Role
-from .config import AuthSection
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from k1s0_event_store import EventEnvelope, KafkaSecurityError, StreamId
 from k1s0_event_store.schema import forwarder_lock_key, quote_ident
+from k1s0_event_store.sidecar_config import KafkaSection
 
 from . import tracing, wire
 from ._publisher import (
@@ -59,7 +60,6 @@ from ._publisher import (
     build_round,
     describe,
 )
-from .config import KafkaSection
 from .group_commit import CHASE_STEP, CHASES
 from .openapi import EXTRA_PATHS
 

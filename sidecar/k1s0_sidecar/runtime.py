@@ -31,10 +31,10 @@ from grpc_reflection.v1alpha import reflection
 from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnapshotStore, create_pool
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
+from k1s0_event_store.sidecar_config import Config
 
 from . import audit, tracing
 from .authz import Authenticator, NoAuthenticator
-from .config import Config
 from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
 from .forwarder import Forwarder, disabled_status
 from .group_commit import GroupCommitter

@@ -39,10 +39,10 @@ from k1s0_event_store._model import (
     validate_timestamp,
     validate_version_bound,
 )
+from k1s0_event_store.sidecar_config import EventStoreSection
 
 from . import audit, tracing
 from .authz import Principal
-from .config import EventStoreSection
 from .group_commit import GroupCommitter
 from .metrics import Metrics
 from .wire import event_text

@@ -10,9 +10,9 @@ import jwt
 import pytest
 
 from k1s0_event_store import PermissionDeniedError, UnauthenticatedError, UnavailableError
+from k1s0_event_store.sidecar_config import AuthSection, ConfigError, load_config
 from k1s0_sidecar.auth import JwtAuthenticator, bearer_token, make_authenticator
 from k1s0_sidecar.authz import NoAuthenticator, Role, check
-from k1s0_sidecar.config import AuthSection, ConfigError, load_config
 from tests.auth.conftest import Clock, section
 from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims, forge
 

@@ -15,9 +15,9 @@ from aiohttp import web
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from k1s0_event_store.sidecar_config import load_config
 from k1s0_sidecar.auth import JwtAuthenticator
 from k1s0_sidecar.authz import NoAuthenticator
-from k1s0_sidecar.config import load_config
 from k1s0_sidecar.errors import error_info_from_call
 from k1s0_sidecar.grpc_api import OPEN_SERVICES, RPC_ROLES, SERVICE_NAME, EdgeInterceptor
 from k1s0_sidecar.metrics import Metrics

@@ -433,7 +433,7 @@ def test_kafka_tls_and_sasl_settings_reach_the_operator(tools: KubeTools, tmp_pa
     the SASL user and password rendered into the agent's config file. Every variable is a loader key."""
     from dataclasses import fields
 
-    from k1s0_sidecar.config import KafkaSection
+    from k1s0_event_store.sidecar_config import KafkaSection
 
     kafka = {"enabled": True, "brokers": ["kafka-0:9093"], "securityProtocol": "SASL_SSL",
              "saslMechanism": "SCRAM-SHA-512", "sslCheckHostname": True,

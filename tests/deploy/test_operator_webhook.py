@@ -29,10 +29,10 @@ import kubernetes_validate
 import pytest
 from kubernetes import config as k8s_config
 
+from k1s0_event_store.sidecar_config import load_config
 from k1s0_operator import certs, webhook
 from k1s0_operator._runtime import Runtime
 from k1s0_operator.main import Kube, operate
-from k1s0_sidecar.config import load_config
 from tests.deploy.conftest import NAMESPACE, app_pod, eventstream
 from tests.deploy.test_chart import render
 from tests.deploy.test_webhook import review

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from k1s0_event_store import EventEnvelope, EventStoreConfig, PostgresEventStore
-from k1s0_sidecar.config import KafkaSection
+from k1s0_event_store.sidecar_config import KafkaSection
 from k1s0_sidecar.forwarder import Forwarder
 from tests.support.kafka import LocalKafka
 from tests.support.postgres import LocalPostgres
@@ -249,7 +249,7 @@ async def test_idempotence_on_against_a_broker_without_it_is_a_clear_error(
 
 
 def test_idempotence_needs_acks_all() -> None:
-    from k1s0_sidecar.config import ConfigError, load_config
+    from k1s0_event_store.sidecar_config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="enable_idempotence"):
         load_config(env={"EVENTSTORE_KAFKA_PRODUCER_ACKS": "1", "EVENTSTORE_AUTH_MODE": "none"})

@@ -33,9 +33,9 @@ from k1s0_event_store import (
     PublishedEvent,
     ensure_consumer_tables,
 )
+from k1s0_event_store.sidecar_config import KafkaSection
 from k1s0_operator import _kafka
 from k1s0_operator._spec import TopicSpec
-from k1s0_sidecar.config import KafkaSection
 from k1s0_sidecar.forwarder import Forwarder
 from tests.support.kafka import CONSUMER_GROUP_TIMEOUTS, LocalKafka
 from tests.support.postgres import free_ports

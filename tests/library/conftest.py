@@ -19,7 +19,7 @@ from k1s0_event_store import (
     PostgresSnapshotStore,
     SnapshotStore,
 )
-from k1s0_sidecar.config import load_config
+from k1s0_event_store.sidecar_config import load_config
 from k1s0_sidecar.runtime import Sidecar
 from tests.conftest import create_schema, drop_schema
 

@@ -14,7 +14,7 @@ from tests.conftest import drop_schema, new_schema_name
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    return subprocess.run([sys.executable, "-m", "k1s0_sidecar.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "k1s0_cli", *args], capture_output=True, text=True,
                           timeout=60, env=env)
 
 

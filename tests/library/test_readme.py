@@ -46,7 +46,7 @@ async def test_readme_python_example_runs_on_a_migrated_schema(pg_dsn: str) -> N
     try:
         await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "k1s0_sidecar.cli", "migrate", "--database-url", pg_dsn, "--schema", schema],
+            [sys.executable, "-m", "k1s0_cli", "migrate", "--database-url", pg_dsn, "--schema", schema],
             check=True, capture_output=True, timeout=60,
         )
         out = await asyncio.to_thread(_run_example, {"EVENTSTORE_DSN": pg_dsn, "EVENTSTORE_SCHEMA": schema})
@@ -63,7 +63,7 @@ def _make_run_command() -> tuple[list[str], dict[str, str]]:
     assert line == ("EVENTSTORE_AUTH_MODE=$${EVENTSTORE_AUTH_MODE:-none} "
                     "EVENTSTORE_APP_LOG_FORMAT=$${EVENTSTORE_APP_LOG_FORMAT:-text} "
                     "$(BIN)/k1s0-eventstore serve $(ARGS)"), line
-    return [sys.executable, "-m", "k1s0_sidecar.cli", "serve"], {"EVENTSTORE_AUTH_MODE": "none",
+    return [sys.executable, "-m", "k1s0_cli", "serve"], {"EVENTSTORE_AUTH_MODE": "none",
                                                                   "EVENTSTORE_APP_LOG_FORMAT": "text"}
 
 
@@ -113,7 +113,7 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
         env.update({"EVENTSTORE_AUTH_MODE": "none", "EVENTSTORE_SERVER_PORT": str(port),
                     "EVENTSTORE_DATABASE_EMBEDDED_DATA_DIR": str(tmp_path / "never")})
-        result = subprocess.run([sys.executable, "-m", "k1s0_sidecar.cli", "serve"], env=env, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "k1s0_cli", "serve"], env=env, capture_output=True,
                                 text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: port {port} is in use; set EVENTSTORE_SERVER_PORT"

@@ -22,10 +22,10 @@ import yaml
 from kmock import Server
 from kubernetes import config as k8s_config
 
+from k1s0_event_store.sidecar_config import Config, load_config
 from k1s0_operator._clusters import Clusters
 from k1s0_operator._runtime import Runtime
 from k1s0_operator.main import Kube, operate
-from k1s0_sidecar.config import Config, load_config
 from tests.support.kafka import LocalKafka
 from tests.support.kube import ApiServer, kubeconfig_for
 from tests.support.postgres import LocalPostgres

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from k1s0_sidecar.cli import build_parser, main
+from k1s0_cli import build_parser, main
 from tests.operator.conftest import EVS, condition, event_stream, eventually
 from tests.support.kafka import LocalKafka
 from tests.support.kube import ApiServer

@@ -22,10 +22,10 @@ import celpy  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from k1s0_event_store.sidecar_config import ConfigError, to_yaml
 from k1s0_operator._clusters import CnpgRef, SecretRef, parse_clusters
 from k1s0_operator._health import REGISTRY
 from k1s0_operator._runtime import load_operator
-from k1s0_sidecar.config import ConfigError, to_yaml
 from tests.operator.conftest import (
     EVS,
     SECRETS,

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from k1s0_event_store import KafkaSecurity
+from k1s0_event_store.sidecar_config import load_config, to_yaml
 from k1s0_operator import _kafka
 from k1s0_operator._resources import sidecar_config
 from k1s0_operator._spec import parse_spec
-from k1s0_sidecar.config import load_config, to_yaml
 from tests.support.tls import TestCA
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from k1s0_event_store.sidecar_config import ConfigError
 from k1s0_operator._peering import (
     AUTO_PRIORITY_LIMIT,
     LIFETIME_ENV,
@@ -31,7 +32,6 @@ from k1s0_operator._peering import (
     derived_priority,
     peering_from_env,
 )
-from k1s0_sidecar.config import ConfigError
 from tests.operator.conftest import EVS, condition, event_stream, eventually
 from tests.support.kafka import LocalKafka
 from tests.support.kube import ApiServer

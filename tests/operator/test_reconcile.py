@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from k1s0_event_store.schema import LATEST_VERSION, applied_version
-from k1s0_sidecar.config import load_config
+from k1s0_event_store.sidecar_config import load_config
 from tests.operator.conftest import (
     CONFIGMAPS,
     EVS,

@@ -353,7 +353,7 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
 
 
 def test_log_format_is_validated() -> None:
-    from k1s0_sidecar.config import ConfigError, load_config
+    from k1s0_event_store.sidecar_config import ConfigError, load_config
 
     assert load_config(env={"EVENTSTORE_AUTH_MODE": "none"}).app.log_format == "json"
     text = {"EVENTSTORE_AUTH_MODE": "none", "EVENTSTORE_APP_LOG_FORMAT": "text"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from k1s0_sidecar.config import ConfigError, load_config, to_yaml
+from k1s0_event_store.sidecar_config import ConfigError, load_config, to_yaml
 
 SEED_YAML = """
 app:
@@ -116,7 +116,7 @@ def test_serve_refuses_an_invalid_config_naming_the_key() -> None:
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "k1s0_sidecar.cli", "serve"],
+        [sys.executable, "-m", "k1s0_cli", "serve"],
         env={"EVENTSTORE_AUTH_MODE": "none", "EVENTSTORE_SERVER_GRPC_PORT": "grpc", "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=60,
     )

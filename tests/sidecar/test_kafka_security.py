@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from k1s0_event_store import KafkaSecurity, KafkaSecurityError
-from k1s0_sidecar.config import ConfigError, load_config
+from k1s0_event_store.sidecar_config import ConfigError, load_config
 from tests.support.tls import TestCA
 
 BASE = {"EVENTSTORE_AUTH_MODE": "none", "EVENTSTORE_KAFKA_BROKERS": "kafka-0:9093"}

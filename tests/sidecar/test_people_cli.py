@@ -14,7 +14,7 @@ def cli(sidecar: ServedSidecar, *args: str, stdin: str | None = None) -> subproc
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
     env["COLUMNS"] = "200"
     return subprocess.run(
-        [sys.executable, "-m", "k1s0_sidecar.cli", *args, "--server", sidecar.grpc_target],
+        [sys.executable, "-m", "k1s0_cli", *args, "--server", sidecar.grpc_target],
         capture_output=True, text=True, timeout=60, env=env, input=stdin,
     )
 
@@ -75,6 +75,6 @@ def test_streams_list_pages_newest_first(sidecar: ServedSidecar, stream: str) ->
 
 
 def test_unavailable_server_exit_code() -> None:
-    r = subprocess.run([sys.executable, "-m", "k1s0_sidecar.cli", "streams", "read", "x-y", "--server",
+    r = subprocess.run([sys.executable, "-m", "k1s0_cli", "streams", "read", "x-y", "--server",
                         "127.0.0.1:1", "--timeout", "1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 6 and r.stderr.startswith("error: SYS_EVSTORE_UNAVAILABLE")

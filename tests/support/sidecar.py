@@ -55,7 +55,7 @@ class ServedSidecar:
     def start(self, timeout: float = 60) -> ServedSidecar:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "k1s0_sidecar.cli", "serve"], env=self.environment(), stdout=log,
+            [sys.executable, "-m", "k1s0_cli", "serve"], env=self.environment(), stdout=log,
             stderr=subprocess.STDOUT,
         )
         self.wait_ready(timeout)
