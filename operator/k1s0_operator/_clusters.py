@@ -34,15 +34,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from k1s0_event_store.sidecar_config import ConfigError
+from k1s0_event_store.sidecar_config import ConfigError, read_config_file
 
 from ._postgres import DatabaseUnavailable
 from ._resources import KubernetesUnavailable
@@ -202,20 +200,8 @@ async def _cnpg_dsn(core: k8s.CoreV1Api, name: str, ref: CnpgRef) -> str:
 
 
 def read_document(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    """The operator's YAML file parsed (None without a file); errors as the sidecar's loader words them."""
-    if path is None:
-        return None
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must be a mapping of sections")
-    return loaded
+    """The operator's YAML file parsed (None without a file), read as the sidecar's loader reads it."""
+    return None if path is None else read_config_file(path)
 
 
 def take_clusters(document: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any]:

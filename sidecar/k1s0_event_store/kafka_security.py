@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,23 +42,40 @@ class KafkaSecurityError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaSecurity:
-    """The TLS/SASL part of a Kafka client's settings (see the module's description).
+@dataclass(frozen=True)
+class KafkaSecurityKeys:
+    """The TLS/SASL keys themselves, as the configuration file names them (see the module's
+    description). ``KafkaSecurity`` checks and uses them; the sidecar's ``kafka`` configuration
+    section declares them by inheriting this class."""
+
+    security_protocol: str = "PLAINTEXT"
+    #: TLS (security_protocol SSL or SASL_SSL): the CA that signed the brokers' certificates (empty:
+    #: the system's trusted CAs), a client certificate and key for mutual TLS, hostname checking.
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    ssl_check_hostname: bool = True
+    #: SASL (security_protocol SASL_PLAINTEXT or SASL_SSL): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    #: The password, or a file holding it (read at each connection: rotation needs no restart).
+    sasl_password: str = field(default="", repr=False)
+    sasl_password_file: str = ""
+
+    @property
+    def security(self) -> KafkaSecurity:
+        """These keys as the shared builder of aiokafka's client options."""
+        return KafkaSecurity(**{f.name: getattr(self, f.name) for f in fields(KafkaSecurityKeys)})
+
+
+@dataclass(frozen=True)
+class KafkaSecurity(KafkaSecurityKeys):
+    """The TLS/SASL part of a Kafka client's settings, checked and turned into client options.
 
     ``prefix`` is how the keys are named in errors: ``kafka.`` for the configuration file, empty
     for code that passes the values directly.
     """
 
-    security_protocol: str = "PLAINTEXT"
-    ssl_ca_file: str = ""
-    ssl_cert_file: str = ""
-    ssl_key_file: str = ""
-    ssl_check_hostname: bool = True
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: str = field(default="", repr=False)
-    sasl_password_file: str = ""
     prefix: str = "kafka."
 
     @property

@@ -72,6 +72,32 @@ class Migration:
         )
 
 
+def _delete_stream(then: str = "") -> str:
+    """The SQL of ``delete_stream()``: migration 1 creates it, migration 2 adds ``then`` (a
+    notification) before it returns. The text is formatted with the schema later, like every
+    migration's."""
+    return f"""CREATE OR REPLACE FUNCTION {{s}}.delete_stream(p_stream_id TEXT) RETURNS BIGINT
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    removed BIGINT;
+BEGIN
+    PERFORM 1 FROM {{s}}.event_streams WHERE id = p_stream_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('k1s0.stream_delete', 'on', true);
+    DELETE FROM {{s}}.events WHERE stream_id = p_stream_id;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    PERFORM set_config('k1s0.stream_delete', 'off', true);
+    DELETE FROM {{s}}.snapshots WHERE stream_id = p_stream_id;
+    DELETE FROM {{s}}.event_streams WHERE id = p_stream_id;
+{then}    RETURN removed;
+END;
+$$;
+REVOKE ALL ON FUNCTION {{s}}.delete_stream(TEXT) FROM PUBLIC;
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -134,26 +160,8 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {s}.events
 -- The one way to remove events: a whole stream with its snapshots. SECURITY DEFINER so that the
 -- application role needs only EXECUTE on it, never DELETE on the events table. Returns the
 -- number of events removed, or NULL when the stream does not exist.
-CREATE FUNCTION {s}.delete_stream(p_stream_id TEXT) RETURNS BIGINT
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    removed BIGINT;
-BEGIN
-    PERFORM 1 FROM {s}.event_streams WHERE id = p_stream_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    PERFORM set_config('k1s0.stream_delete', 'on', true);
-    DELETE FROM {s}.events WHERE stream_id = p_stream_id;
-    GET DIAGNOSTICS removed = ROW_COUNT;
-    PERFORM set_config('k1s0.stream_delete', 'off', true);
-    DELETE FROM {s}.snapshots WHERE stream_id = p_stream_id;
-    DELETE FROM {s}.event_streams WHERE id = p_stream_id;
-    RETURN removed;
-END;
-$$;
-REVOKE ALL ON FUNCTION {s}.delete_stream(TEXT) FROM PUBLIC;
-""",
+"""
+        + _delete_stream(),
     ),
     Migration(
         2,
@@ -173,27 +181,10 @@ CREATE TRIGGER events_notify AFTER INSERT ON {s}.events
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_appended();
 
 -- delete_stream() also tells subscribers: channel k1s0_stream_deleted, payload schema || '/' || stream.
-CREATE OR REPLACE FUNCTION {s}.delete_stream(p_stream_id TEXT) RETURNS BIGINT
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    removed BIGINT;
-BEGIN
-    PERFORM 1 FROM {s}.event_streams WHERE id = p_stream_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    PERFORM set_config('k1s0.stream_delete', 'on', true);
-    DELETE FROM {s}.events WHERE stream_id = p_stream_id;
-    GET DIAGNOSTICS removed = ROW_COUNT;
-    PERFORM set_config('k1s0.stream_delete', 'off', true);
-    DELETE FROM {s}.snapshots WHERE stream_id = p_stream_id;
-    DELETE FROM {s}.event_streams WHERE id = p_stream_id;
-    PERFORM pg_notify('k1s0_stream_deleted', '{schema_literal}' || '/' || p_stream_id);
-    RETURN removed;
-END;
-$$;
-REVOKE ALL ON FUNCTION {s}.delete_stream(TEXT) FROM PUBLIC;
-""",
+"""
+        + _delete_stream(
+            then="    PERFORM pg_notify('k1s0_stream_deleted', '{schema_literal}' || '/' || p_stream_id);\n"
+        ),
     ),
     Migration(
         3,

@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from ._json import MAX_JSON_DEPTH_LIMIT
-from .kafka_security import KafkaSecurity, KafkaSecurityError
+from .kafka_security import KafkaSecurityError, KafkaSecurityKeys
 from .schema import validate_identifier
 
 ENV_PREFIX = "EVENTSTORE_"
@@ -75,43 +75,18 @@ class DatabaseSection:
 
 
 @dataclass(frozen=True)
-class KafkaSection:
+class KafkaSection(KafkaSecurityKeys):
+    """The brokers and topics; the TLS/SASL keys (``security_protocol``, ``ssl_*``, ``sasl_*``)
+    are inherited, with their ``security`` builder."""
+
     #: Empty disables the forwarder.
     brokers: list[str] = field(default_factory=list)
-    security_protocol: str = "PLAINTEXT"
     topic_published: str = DEFAULT_TOPIC
     producer_acks: str = "all"
     producer_retries: int = 3
     enable_idempotence: bool = True
     #: Event type -> topic (seed 003's routing); unlisted types go to ``topic_published``.
     routes: dict[str, str] = field(default_factory=dict)
-    #: TLS (security_protocol SSL or SASL_SSL): the CA that signed the brokers' certificates (empty:
-    #: the system's trusted CAs), a client certificate and key for mutual TLS, hostname checking.
-    ssl_ca_file: str = ""
-    ssl_cert_file: str = ""
-    ssl_key_file: str = ""
-    ssl_check_hostname: bool = True
-    #: SASL (security_protocol SASL_PLAINTEXT or SASL_SSL): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    #: The password, or a file holding it (read at each connection: rotation needs no restart).
-    sasl_password: str = field(default="", repr=False)
-    sasl_password_file: str = ""
-
-    @property
-    def security(self) -> KafkaSecurity:
-        """The TLS/SASL settings as the shared builder of aiokafka's client options."""
-        return KafkaSecurity(
-            security_protocol=self.security_protocol,
-            ssl_ca_file=self.ssl_ca_file,
-            ssl_cert_file=self.ssl_cert_file,
-            ssl_key_file=self.ssl_key_file,
-            ssl_check_hostname=self.ssl_check_hostname,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=self.sasl_password,
-            sasl_password_file=self.sasl_password_file,
-        )
 
 
 @dataclass(frozen=True)
@@ -182,17 +157,7 @@ def load_config(
     if document is not None:
         raw = dict(document)
     elif path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must be a mapping of sections")
-        raw = loaded
+        raw = read_config_file(path)
     sections = {f.name: f for f in fields(Config)}
     unknown = set(raw) - set(sections)
     if unknown:
@@ -207,6 +172,21 @@ def load_config(
     config = Config(**built)
     _validate(config)
     return config
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A configuration file parsed into its sections (empty file: none), or a ``ConfigError``."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections")
+    return loaded
 
 
 def _resolve(cls: type, name: str) -> Any:
@@ -235,6 +215,10 @@ def _build_section(
     return cls(**kwargs)
 
 
+#: Numeric settings: how an error names the kind, and the YAML values taken as they are.
+_NUMBERS: dict[Any, tuple[str, tuple[type, ...]]] = {int: ("an integer", (int,)), float: ("a number", (int, float))}
+
+
 def _coerce(key: str, hint: Any, value: Any, source: str, *, from_env: bool = False) -> Any:
     def fail(why: str) -> ConfigError:
         return ConfigError(f"{key}: {why} (from {source}, got {value!r})")
@@ -254,28 +238,17 @@ def _coerce(key: str, hint: Any, value: Any, source: str, *, from_env: bool = Fa
         if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off", ""}:
             return False
         raise fail("must be true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            raise fail("must be an integer")
-        if isinstance(value, int):
-            return value
+    if hint in _NUMBERS:
+        # bool is an int to Python, never to a configuration file; an int is a fine float.
+        what, accepted = _NUMBERS[hint]
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return hint(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return hint(value.strip())
             except ValueError:
                 pass
-        raise fail("must be an integer")
-    if hint is float:
-        if isinstance(value, bool):
-            raise fail("must be a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise fail("must be a number")
+        raise fail(f"must be {what}")
     if hint is str:
         if isinstance(value, (dict, list)):
             raise fail("must be a string")
