@@ -25,6 +25,8 @@ import aiohttp.web
 import kopf
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from ._runtime import env_seconds
+
 LIVENESS_PORT_ENV = "EVENTSTORE_OPERATOR_LIVENESS_PORT"
 STALLED_ENV = "EVENTSTORE_OPERATOR_STALLED_AFTER_SECONDS"
 METRICS_PORT_ENV = "EVENTSTORE_OPERATOR_METRICS_PORT"
@@ -81,11 +83,7 @@ def liveness_endpoint(env: Mapping[str, str] | None = None) -> str | None:
 
 
 def stalled_after(env: Mapping[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    try:
-        return max(1.0, float(env.get(STALLED_ENV, "600")))
-    except ValueError:
-        return 600.0
+    return env_seconds(STALLED_ENV, 600.0, 1.0, env)
 
 
 def _failure_reason(patch: kopf.Patch | None) -> str:

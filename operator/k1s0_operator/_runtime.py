@@ -68,17 +68,18 @@ def load_operator(path: str | None, env: Mapping[str, str] | None = None) -> tup
     return config, parse_clusters(raw_clusters, config.database.url, env)
 
 
-def drift_interval(env: Mapping[str, str] | None = None) -> float:
+def env_seconds(name: str, default: float, minimum: float, env: Mapping[str, str] | None = None) -> float:
+    """A duration from the environment: ``default`` when unset or not a number, never below ``minimum``."""
     env = os.environ if env is None else env
     try:
-        return max(1.0, float(env.get(DRIFT_INTERVAL_ENV, "60")))
+        return max(minimum, float(env.get(name, default)))
     except ValueError:
-        return 60.0
+        return default
+
+
+def drift_interval(env: Mapping[str, str] | None = None) -> float:
+    return env_seconds(DRIFT_INTERVAL_ENV, 60.0, 1.0, env)
 
 
 def backoff_base(env: Mapping[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    try:
-        return max(0.1, float(env.get(BACKOFF_BASE_ENV, "5")))
-    except ValueError:
-        return 5.0
+    return env_seconds(BACKOFF_BASE_ENV, 5.0, 0.1, env)
