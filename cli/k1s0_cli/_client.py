@@ -34,7 +34,7 @@ from k1s0_event_store import (
     ValidationError,
 )
 from k1s0_event_store._model import rfc3339
-from k1s0_sidecar.wire import event_json, snapshot_json, stream_summary_json
+from k1s0_sidecar._wire import event_json, snapshot_json, stream_summary_json
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5, 6
 

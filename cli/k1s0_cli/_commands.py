@@ -106,8 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from k1s0_event_store.sidecar_config import ConfigError, load_config
-    from k1s0_sidecar.logs import configure_logging
-    from k1s0_sidecar.runtime import PortInUseError, serve
+    from k1s0_sidecar import PortInUseError, configure_logging, serve, setup_tracing, shutdown_tracing
 
     overrides = {"database": {"migrate": True}} if args.migrate else None
     try:
@@ -119,9 +118,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # The embedded PostgreSQL's launcher narrates every command at INFO; keep its warnings only.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from k1s0_sidecar import tracing
-
-    tracing.setup()  # only if OTEL_* variables ask for it; before the servers are built
+    setup_tracing()  # only if OTEL_* variables ask for it; before the servers are built
     try:
         asyncio.run(serve(config, on_ready=_print_ready))
     except KeyboardInterrupt:  # pragma: no cover - the signal handler normally wins
@@ -130,7 +127,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        tracing.shutdown()  # export the last spans
+        shutdown_tracing()  # export the last spans
     return 0
 
 

@@ -46,7 +46,10 @@ from k1s0_event_store import EventEnvelope, KafkaSecurityError, StreamId
 from k1s0_event_store.schema import forwarder_lock_key, quote_ident
 from k1s0_event_store.sidecar_config import KafkaSection
 
-from . import tracing, wire
+from . import _tracing as tracing
+from . import _wire as wire
+from ._group_commit import CHASE_STEP, CHASES
+from ._openapi import EXTRA_PATHS
 from ._publisher import (
     UNKNOWN_TOPIC_OR_PARTITION,
     AuthenticationFailed,
@@ -60,8 +63,6 @@ from ._publisher import (
     build_round,
     describe,
 )
-from .group_commit import CHASE_STEP, CHASES
-from .openapi import EXTRA_PATHS
 
 log = logging.getLogger("k1s0_sidecar.forwarder")
 

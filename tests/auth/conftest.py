@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from k1s0_event_store.sidecar_config import AuthSection
-from k1s0_sidecar.auth import JwtAuthenticator
+from k1s0_sidecar._auth import JwtAuthenticator
 from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from k1s0_event_store import PermissionDeniedError, UnauthenticatedError, UnavailableError
 from k1s0_event_store.sidecar_config import AuthSection, ConfigError, load_config
-from k1s0_sidecar.auth import JwtAuthenticator, bearer_token, make_authenticator
-from k1s0_sidecar.authz import NoAuthenticator, Role, check
+from k1s0_sidecar._auth import JwtAuthenticator, bearer_token, make_authenticator
+from k1s0_sidecar._authz import NoAuthenticator, Role, check
 from tests.auth.conftest import Clock, section
 from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims, forge
 

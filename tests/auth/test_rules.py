@@ -16,12 +16,12 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from k1s0_event_store.sidecar_config import load_config
-from k1s0_sidecar.auth import JwtAuthenticator
-from k1s0_sidecar.authz import NoAuthenticator
-from k1s0_sidecar.errors import error_info_from_call
-from k1s0_sidecar.grpc_api import OPEN_SERVICES, RPC_ROLES, SERVICE_NAME, EdgeInterceptor
-from k1s0_sidecar.metrics import Metrics
-from k1s0_sidecar.runtime import Sidecar
+from k1s0_sidecar._auth import JwtAuthenticator
+from k1s0_sidecar._authz import NoAuthenticator
+from k1s0_sidecar._errors import error_info_from_call
+from k1s0_sidecar._grpc_api import OPEN_SERVICES, RPC_ROLES, SERVICE_NAME, EdgeInterceptor
+from k1s0_sidecar._metrics import Metrics
+from k1s0_sidecar._runtime import Sidecar
 from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims
 from tests.auth.test_served import GRPC_CASES, REST_CASES
 from tests.conftest import create_schema, drop_schema

@@ -20,7 +20,7 @@ from k1s0_event_store import (
     SnapshotStore,
 )
 from k1s0_event_store.sidecar_config import load_config
-from k1s0_sidecar.runtime import Sidecar
+from k1s0_sidecar._runtime import Sidecar
 from tests.conftest import create_schema, drop_schema
 
 STORE_KINDS = ["memory", "postgres", "grpc"]

@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from k1s0_event_store import ConcurrencyError, EventEnvelope, GrpcEventStore
-from k1s0_sidecar import tracing
+from k1s0_sidecar import _tracing as tracing
 from tests.conftest import create_schema, drop_schema
 from tests.forwarding.support import TopicReader
 from tests.support.kafka import LocalKafka

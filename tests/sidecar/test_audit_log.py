@@ -330,10 +330,10 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
         wanted = [
             "k1s0_sidecar.access: GET /healthz 200 ",  # the query is not logged
             f"k1s0_sidecar.access: POST /api/v1/streams/{stream}/events 201 ",
-            f"k1s0_sidecar.audit: append {stream} by anonymous: 1 event, now at version 1",
+            f"k1s0_sidecar._audit: append {stream} by anonymous: 1 event, now at version 1",
             "k1s0_sidecar.access: gRPC ReadEvents OK ",
             "k1s0_sidecar.access: gRPC AppendEvents ABORTED ",
-            f"k1s0_sidecar.audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
+            f"k1s0_sidecar._audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
             "k1s0_sidecar.access: gRPC SubscribeToStream CANCELLED ",
         ]
         deadline = time.monotonic() + 10
@@ -365,7 +365,7 @@ def test_log_format_is_validated() -> None:
 def test_the_sidecars_own_writes_are_audited(caplog: pytest.LogCaptureFixture) -> None:
     """Snapshot retention (the maintenance task) prunes without a request: audited all the same."""
     from k1s0_event_store import UnavailableError
-    from k1s0_sidecar import audit
+    from k1s0_sidecar import _audit as audit
 
     with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
         with audit.system_write("prune_snapshots", "snapshot-retention"):
@@ -387,6 +387,6 @@ def test_the_sidecars_own_writes_are_audited(caplog: pytest.LogCaptureFixture) -
     (None, None),
 ])
 def test_client_address(peer: Any, address: str | None) -> None:
-    from k1s0_sidecar.audit import peer_address
+    from k1s0_sidecar._audit import peer_address
 
     assert peer_address(peer) == address

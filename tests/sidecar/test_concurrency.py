@@ -16,7 +16,7 @@ from k1s0_event_store import (
     PostgresEventStore,
     prepare_append,
 )
-from k1s0_sidecar.group_commit import GroupCommitter
+from k1s0_sidecar._group_commit import GroupCommitter
 from tests.conftest import create_schema, drop_schema
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_sidecar.console import CONTENT_SECURITY_POLICY
+from k1s0_sidecar._console import CONTENT_SECURITY_POLICY
 from tests.sidecar.test_rest import RFC3339_MS, _call, assert_error
 
 

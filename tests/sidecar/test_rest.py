@@ -260,7 +260,7 @@ async def test_health_metrics_openapi(http: aiohttp.ClientSession) -> None:
 
 
 async def test_every_route_is_in_the_openapi_document(http: aiohttp.ClientSession) -> None:
-    from k1s0_sidecar.rest import RestApi
+    from k1s0_sidecar._rest import RestApi
 
     status, doc, _ = await _call(http, "GET", "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")

@@ -35,12 +35,14 @@ from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
 from k1s0_event_store._proto import event_store_pb2 as pb
 from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 
-from . import audit, tracing, wire
-from .authz import Authenticator, Principal, Role, check
-from .errors import ERROR_MAP, INTERNAL_CODE, error_code, grpc_status, new_request_id
-from .metrics import Metrics
-from .service import EventStoreService, audit_subject, audited_metadata, time_texts
-from .subscriptions import BATCH_LIMIT, Batch
+from . import _audit as audit
+from . import _tracing as tracing
+from . import _wire as wire
+from ._authz import Authenticator, Principal, Role, check
+from ._errors import ERROR_MAP, INTERNAL_CODE, error_code, grpc_status, new_request_id
+from ._metrics import Metrics
+from ._service import EventStoreService, audit_subject, audited_metadata, time_texts
+from ._subscriptions import BATCH_LIMIT, Batch
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStoreService"].full_name
 _PREFIX = f"/{SERVICE_NAME}/"

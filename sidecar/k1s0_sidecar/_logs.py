@@ -17,7 +17,7 @@ from typing import Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
-from .audit import access_log
+from ._audit import access_log
 
 LogFormat = Literal["json", "text"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

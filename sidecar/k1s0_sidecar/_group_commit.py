@@ -21,7 +21,7 @@ from typing import Any
 
 from k1s0_event_store import AppendRequest, AppendResult, EventStoreError, UnavailableError
 
-from . import tracing
+from . import _tracing as tracing
 
 log = logging.getLogger(__name__)
 

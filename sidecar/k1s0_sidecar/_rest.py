@@ -30,12 +30,14 @@ from k1s0_event_store import (
     parse_json,
 )
 
-from . import audit, console, wire
-from .authz import Authenticator, Principal, Role, check
-from .errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, error_code, http_status, new_request_id
-from .metrics import Metrics
-from .openapi import openapi_document
-from .service import EventStoreService
+from . import _audit as audit
+from . import _console as console
+from . import _wire as wire
+from ._authz import Authenticator, Principal, Role, check
+from ._errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, error_code, http_status, new_request_id
+from ._metrics import Metrics
+from ._openapi import openapi_document
+from ._service import EventStoreService
 
 log = logging.getLogger(__name__)
 

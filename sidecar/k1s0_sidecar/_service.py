@@ -41,11 +41,12 @@ from k1s0_event_store._model import (
 )
 from k1s0_event_store.sidecar_config import EventStoreSection
 
-from . import audit, tracing
-from .authz import Principal
-from .group_commit import GroupCommitter
-from .metrics import Metrics
-from .wire import event_text
+from . import _audit as audit
+from . import _tracing as tracing
+from ._authz import Principal
+from ._group_commit import GroupCommitter
+from ._metrics import Metrics
+from ._wire import event_text
 
 T = TypeVar("T")
 

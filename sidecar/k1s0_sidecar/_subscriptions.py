@@ -50,7 +50,7 @@ from k1s0_event_store import (
 from k1s0_event_store._model import MAX_EVENT_TYPE_LENGTH, validate_filters, validate_version_bound
 from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
 
-from .group_commit import CHASE_STEP, CHASES
+from ._group_commit import CHASE_STEP, CHASES
 
 log = logging.getLogger(__name__)
 

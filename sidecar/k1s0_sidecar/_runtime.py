@@ -33,16 +33,17 @@ from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
 from k1s0_event_store.sidecar_config import Config
 
-from . import audit, tracing
-from .authz import Authenticator, NoAuthenticator
+from . import _audit as audit
+from . import _tracing as tracing
+from ._authz import Authenticator, NoAuthenticator
+from ._group_commit import GroupCommitter
+from ._grpc_api import SERVICE_NAME, EdgeInterceptor, EventStoreServicer
+from ._metrics import Metrics
+from ._rest import RestApi, Route
+from ._service import EventStoreService
+from ._subscriptions import SubscriptionHub
 from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
 from .forwarder import Forwarder, disabled_status
-from .group_commit import GroupCommitter
-from .grpc_api import SERVICE_NAME, EdgeInterceptor, EventStoreServicer
-from .metrics import Metrics
-from .rest import RestApi, Route
-from .service import EventStoreService
-from .subscriptions import SubscriptionHub
 
 log = logging.getLogger("k1s0_sidecar")
 
@@ -59,7 +60,7 @@ def make_authenticator(config: Config) -> Authenticator:
     if config.auth.mode == "none":
         return NoAuthenticator()
     # The JWT verifier (issue #7) is imported only when used, so auth.mode none needs none of it.
-    auth = importlib.import_module("k1s0_sidecar.auth")
+    auth = importlib.import_module("k1s0_sidecar._auth")
     factory: Any = auth.make_authenticator
     result: Authenticator = factory(config.auth)
     return result

@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 
 from k1s0_event_store import EventStoreError
 
-from . import tracing
+from . import _tracing as tracing
 
 log = logging.getLogger(__name__)
 

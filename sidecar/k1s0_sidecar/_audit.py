@@ -5,7 +5,7 @@ prune, on REST and gRPC alike. The edge that receives such a request opens a rec
 before it authenticates, so a refused request is recorded as well as an accepted one; the service
 adds what only it learns (``note_*``: the expected and resulting version, the event ids, the
 counts); the edge closes the record with the outcome (``finish``), which writes exactly one log
-record to the ``k1s0_sidecar.audit`` logger. The open record travels in a context variable, so the
+record to the ``k1s0_sidecar._audit`` logger. The open record travels in a context variable, so the
 service needs no audit argument and code that uses the service without an edge logs nothing.
 
 What a record never holds: a payload, metadata, snapshot state, a token, a header or an error
@@ -28,8 +28,8 @@ from typing import Any
 
 from k1s0_event_store._model import AppendRequest, rfc3339
 
-from .authz import Principal
-from .errors import error_code
+from ._authz import Principal
+from ._errors import error_code
 
 log = logging.getLogger("k1s0_sidecar.audit")
 # Always on: a quieter EVENTSTORE_LOG_LEVEL must not drop the record of a write.
@@ -139,7 +139,7 @@ def finish(
     http_status: int | None = None,
     grpc_status: str | None = None,
 ) -> None:
-    """Close the record and write it: one ``k1s0_sidecar.audit`` log record at INFO."""
+    """Close the record and write it: one ``k1s0_sidecar._audit`` log record at INFO."""
     _current.reset(token)
     fields = record.fields
     fields["outcome"] = outcome

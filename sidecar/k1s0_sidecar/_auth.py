@@ -42,7 +42,7 @@ import jwt
 from k1s0_event_store import UnauthenticatedError, UnavailableError
 from k1s0_event_store.sidecar_config import AuthSection
 
-from .authz import Authenticator, NoAuthenticator, Principal, Role
+from ._authz import Authenticator, NoAuthenticator, Principal, Role
 
 log = logging.getLogger(__name__)
 
