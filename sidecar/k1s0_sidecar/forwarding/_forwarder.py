@@ -4,6 +4,7 @@ session (reconnecting with backoff) and the lag monitor, and renders the status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -62,20 +63,12 @@ class Forwarder:
             return
         self._signals.stop()
         if self._monitor_task is not None:
-            self._monitor_task.cancel()
-            try:
-                await self._monitor_task
-            except asyncio.CancelledError:
-                pass
+            await _cancel(self._monitor_task)
             self._monitor_task = None
         try:
             await asyncio.wait_for(asyncio.shield(task), self.settings.stop_grace)
         except TimeoutError:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await _cancel(task)
         self._status.state = "stopped"
         self.metrics.active.set(0)
 
@@ -111,3 +104,9 @@ class Forwarder:
             if time.monotonic() - began > 30:
                 backoff.reset()  # a session that worked for a while starts the backoff afresh
             await self._signals.pause(backoff.next())
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
