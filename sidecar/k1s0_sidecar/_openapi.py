@@ -234,8 +234,19 @@ _SSE = {
     }
 }
 
-#: Paths added by other modules (subscriptions, forwarder status) register themselves here.
-EXTRA_PATHS: dict[str, dict[str, Any]] = {}
+_FORWARDER_STATUS = {
+    "type": "object",
+    "required": ["enabled", "state"],
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "state": {"enum": ["disabled", "starting", "active", "standby", "stopped"]},
+        "checkpoint": {"type": ["integer", "null"]},
+        "lag_events": {"type": ["integer", "null"]},
+        "lag_seconds": {"type": ["number", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "missing_topics": {"type": "array", "items": {"type": "string"}},
+    },
+}
 
 
 @cache
@@ -421,6 +432,18 @@ def _base_paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "OpenAPI", "content": {"application/json": {"schema": {}}}}},
             }
         },
+        "/api/v1/forwarder/status": {
+            "get": {
+                "operationId": "forwarderStatus",
+                "summary": "The Kafka forwarder of this sidecar: active/standby, checkpoint, lag, last error. Open.",
+                "responses": {
+                    "200": {
+                        "description": "Status (``enabled: false`` when kafka.brokers is empty)",
+                        "content": {"application/json": {"schema": _FORWARDER_STATUS}},
+                    }
+                },
+            }
+        },
     }
 
 
@@ -442,7 +465,7 @@ def openapi_document() -> dict[str, Any]:
             "description": "Append-only event streams. "
             "Errors: {error: {code, message, request_id, details}}.",
         },
-        "paths": {**_base_paths(), **EXTRA_PATHS},
+        "paths": _base_paths(),
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},

@@ -38,6 +38,7 @@ from ._errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, err
 from ._metrics import Metrics
 from ._openapi import openapi_document
 from ._service import EventStoreService
+from .forwarding import Forwarder, disabled_status
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class RestApi:
         *,
         max_body_bytes: int,
         body_timeout: float = 60.0,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
@@ -134,7 +136,8 @@ class RestApi:
         self.readiness = readiness
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
-        self.extra_routes: list[Route] = []
+        #: The Kafka forwarder, None when kafka.brokers is empty (its status route says so).
+        self.forwarder = forwarder
         #: The subscription hub (set by the runtime); the SSE routes need it.
         self.subscriptions: Any = None
         self._roles: dict[str, Role | None] = {}
@@ -165,7 +168,8 @@ class RestApi:
             Route("GET", "/ui", console.redirect, None, "console_redirect"),
             Route("GET", "/ui/", console.index, None, "console"),
             Route("GET", "/ui/{asset}", console.asset, None, "console_asset"),
-            *self.extra_routes,
+            # Open like /healthz, so that probes and people can see active/standby, lag and the last error.
+            Route("GET", "/api/v1/forwarder/status", self.forwarder_status, None, "forwarder_status"),
         ]
 
     def application(self) -> web.Application:
@@ -416,3 +420,7 @@ class RestApi:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document())
+
+    async def forwarder_status(self, request: web.Request) -> web.Response:
+        body = self.forwarder.status() if self.forwarder is not None else disabled_status()
+        return web.json_response(body)

@@ -39,11 +39,10 @@ from ._authz import Authenticator, NoAuthenticator
 from ._group_commit import GroupCommitter
 from ._grpc_api import SERVICE_NAME, EdgeInterceptor, EventStoreServicer
 from ._metrics import Metrics
-from ._rest import RestApi, Route
+from ._rest import RestApi
 from ._service import EventStoreService
 from ._subscriptions import SubscriptionHub
-from .forwarder import STATUS_PATH as FORWARDER_STATUS_PATH
-from .forwarder import Forwarder, disabled_status
+from .forwarding import Forwarder, ForwarderSettings
 
 log = logging.getLogger("k1s0_sidecar")
 
@@ -235,9 +234,17 @@ class Sidecar:
         self.committer.start()
         self.service = EventStoreService(self.store, self.snapshots, cfg.event_store, self.metrics, self.committer)
         self.authenticator = make_authenticator(cfg)
+        # The Kafka forwarder (issue #6): on when kafka.brokers is set.
+        self.forwarder: Forwarder | None = None
+        if cfg.kafka.brokers:
+            self.forwarder = Forwarder(
+                dsn, cfg.database.schema, cfg.kafka,
+                ForwarderSettings(poll_interval=cfg.event_store.subscription_poll_interval_ms / 1000),
+                registry=self.metrics.registry,
+            )
         self.rest = RestApi(
             self.service, self.authenticator, self.metrics, self.readiness, max_body_bytes=cfg.server.max_body_bytes,
-            body_timeout=cfg.server.body_timeout_seconds,
+            body_timeout=cfg.server.body_timeout_seconds, forwarder=self.forwarder,
         )
         self.servicer = EventStoreServicer(self.service)
         self.subscriptions = SubscriptionHub(
@@ -256,7 +263,8 @@ class Sidecar:
         self.rest.subscriptions = self.subscriptions
         self.components.append(self.subscriptions)
         self.components.append(Maintenance(self))
-        self._extend()
+        if self.forwarder is not None:
+            self.components.append(self.forwarder)
         for component in self.components:
             await component.start()
         await self._start_rest()
@@ -271,25 +279,6 @@ class Sidecar:
         self.subscriptions.wake(sequence)
         if self.forwarder is not None:
             self.forwarder.wake(sequence)
-
-    def _extend(self) -> None:
-        """Hook for optional parts (subscriptions, forwarder) to add routes and components."""
-        # The Kafka forwarder (issue #6): on when kafka.brokers is set; its status route is open
-        # like /healthz so that probes and people can see active/standby, lag and the last error.
-        self.forwarder: Forwarder | None = None
-        if self.config.kafka.brokers:
-            self.forwarder = Forwarder(
-                self.dsn, self.config.database.schema, self.config.kafka, registry=self.metrics.registry,
-                poll_interval=self.config.event_store.subscription_poll_interval_ms / 1000,
-            )
-            self.components.append(self.forwarder)
-        self.rest.extra_routes.append(
-            Route("GET", FORWARDER_STATUS_PATH, self._forwarder_status, None, "forwarder_status")
-        )
-
-    async def _forwarder_status(self, _request: web.Request) -> web.Response:
-        body = self.forwarder.status() if self.forwarder is not None else disabled_status()
-        return web.json_response(body)
 
     async def _start_rest(self) -> None:
         self._runner = web.AppRunner(

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from k1s0_event_store import EventConsumer, EventEnvelope, EventStoreConfig, PostgresEventStore, PublishedEvent
 from k1s0_event_store.consumer import ensure_consumer_tables
 from k1s0_event_store.sidecar_config import KafkaSection
-from k1s0_sidecar.forwarder import Forwarder
+from k1s0_sidecar.forwarding import Forwarder
 from tests.conftest import drop_schema, new_schema_name
 from tests.support.kafka import CONSUMER_GROUP_TIMEOUTS, LocalKafka
 

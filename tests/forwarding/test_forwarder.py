@@ -14,7 +14,7 @@ import pytest
 
 from k1s0_event_store import EventEnvelope, EventStoreConfig, PostgresEventStore
 from k1s0_event_store.sidecar_config import KafkaSection
-from k1s0_sidecar.forwarder import Forwarder
+from k1s0_sidecar.forwarding import Forwarder, ForwarderSettings
 from tests.support.kafka import LocalKafka
 from tests.support.postgres import LocalPostgres
 
@@ -151,8 +151,8 @@ async def test_one_active_forwarder_per_schema_and_takeover(
     config: EventStoreConfig, kafka: LocalKafka, topic: str
 ) -> None:
     section = kafka_section(kafka.bootstrap, topic)
-    a = Forwarder(config.dsn, config.schema, section, holder="a")
-    b = Forwarder(config.dsn, config.schema, section, holder="b")
+    a = Forwarder(config.dsn, config.schema, section, ForwarderSettings(holder="a"))
+    b = Forwarder(config.dsn, config.schema, section, ForwarderSettings(holder="b"))
     store = PostgresEventStore(config)
     await a.start()
     await poll_until(lambda: _true(a.status()["state"] == "active"), 10, "a active")
@@ -196,7 +196,8 @@ async def test_one_active_forwarder_per_schema_and_takeover(
 
 async def test_missing_topic_is_reported_then_flows_once_created(config: EventStoreConfig, kafka: LocalKafka) -> None:
     topic = f"k1s0.test.{uuid.uuid4().hex[:10]}.late.v1"
-    forwarder = Forwarder(config.dsn, config.schema, kafka_section(kafka.bootstrap, topic), backoff_max=0.5)
+    forwarder = Forwarder(config.dsn, config.schema, kafka_section(kafka.bootstrap, topic),
+                          ForwarderSettings(backoff_max=0.5))
     store = PostgresEventStore(config)
     await forwarder.start()
     try:
@@ -234,7 +235,7 @@ async def test_idempotence_on_against_a_broker_without_it_is_a_clear_error(
     """Idempotence is on by default; Tansu cannot do it. The forwarder says so and keeps trying."""
     assert KafkaSection().enable_idempotence is True
     forwarder = Forwarder(config.dsn, config.schema, kafka_section(kafka.bootstrap, topic, enable_idempotence=True),
-                          backoff_max=0.5)
+                          ForwarderSettings(backoff_max=0.5))
     store = PostgresEventStore(config)
     await forwarder.start()
     try:
@@ -319,7 +320,8 @@ async def test_postgres_restart_forwarder_reconnects_and_continues(kafka: LocalK
         await migrate(conn, "restarted")
         await conn.close()
         config = EventStoreConfig(dsn=server.dsn, schema="restarted", min_connections=1, max_connections=4)
-        forwarder = Forwarder(server.dsn, "restarted", kafka_section(kafka.bootstrap, topic), backoff_max=1.0)
+        forwarder = Forwarder(server.dsn, "restarted", kafka_section(kafka.bootstrap, topic),
+                              ForwarderSettings(backoff_max=1.0))
         await forwarder.start()
         try:
             store = PostgresEventStore(config)

@@ -36,7 +36,7 @@ from k1s0_event_store import (
 from k1s0_event_store.sidecar_config import KafkaSection
 from k1s0_operator import _kafka
 from k1s0_operator._spec import TopicSpec
-from k1s0_sidecar.forwarder import Forwarder
+from k1s0_sidecar.forwarding import Forwarder, ForwarderSettings
 from tests.support.kafka import CONSUMER_GROUP_TIMEOUTS, LocalKafka
 from tests.support.postgres import free_ports
 from tests.support.sidecar import ServedSidecar
@@ -166,8 +166,8 @@ async def test_a_wrong_ca_is_refused_and_reported_as_a_kafka_tls_error(
 ) -> None:
     wrong = ssl_settings(tls_kafka, ssl_ca_file=str(tls_kafka.other_ca))
     registry = CollectorRegistry()
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, wrong), registry=registry,
-                          backoff_max=0.5)
+    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, wrong),
+                          ForwarderSettings(backoff_max=0.5), registry=registry)
     await forwarder.start()
     try:
         await store.append_events("order-tls-2", [EventEnvelope("OrderPlaced", {})])
@@ -192,7 +192,7 @@ async def test_hostname_checking_is_on_by_default(
     With ``ssl_check_hostname: false`` the same connection is accepted (so the refusal was the name)."""
     registry = CollectorRegistry()
     forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.wrong_name, tls_topic, ssl_settings(tls_kafka)),
-                          registry=registry, backoff_max=0.5)
+                          ForwarderSettings(backoff_max=0.5), registry=registry)
     await forwarder.start()
     try:
         result = await store.append_events("order-tls-3", [EventEnvelope("OrderPlaced", {})])
@@ -221,7 +221,7 @@ async def test_mutual_tls_client_certificate(
     cert, key = tls_kafka.client_cert
     registry = CollectorRegistry()
     forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.mutual, tls_topic, ssl_settings(tls_kafka)),
-                          registry=registry, backoff_max=0.5)
+                          ForwarderSettings(backoff_max=0.5), registry=registry)
     await forwarder.start()
     try:
         result = await store.append_events("order-mtls-1", [EventEnvelope("OrderPlaced", {})])
@@ -245,7 +245,7 @@ async def test_plaintext_client_on_a_tls_port_is_a_kafka_error_not_a_postgresql_
 ) -> None:
     registry = CollectorRegistry()
     forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, KafkaSecurity()),
-                          registry=registry, backoff_max=0.5, request_timeout_ms=2000)
+                          ForwarderSettings(backoff_max=0.5, request_timeout_ms=2000), registry=registry)
     await forwarder.start()
     try:
         await store.append_events("order-tls-4", [EventEnvelope("OrderPlaced", {})])
@@ -282,7 +282,7 @@ async def test_sasl_ssl_scram_refusal_is_reported_as_authentication(
                             sasl_username="alice", sasl_password="not-a-user-here")
     registry = CollectorRegistry()
     forwarder = Forwarder(config.dsn, config.schema, section(sasl_kafka.tls, "k1s0.sasl.v1", security),
-                          registry=registry, backoff_max=0.5)
+                          ForwarderSettings(backoff_max=0.5), registry=registry)
     await forwarder.start()
     try:
         await store.append_events("order-sasl-1", [EventEnvelope("OrderPlaced", {})])
@@ -341,7 +341,7 @@ async def test_a_setting_gone_bad_after_start_up_is_a_kafka_configuration_error(
     registry = CollectorRegistry()
     kafka = replace(section("127.0.0.1:9", "k1s0.unused.v1", settings), sasl_password="",
                     sasl_password_file=str(secret))
-    forwarder = Forwarder(config.dsn, config.schema, kafka, registry=registry, backoff_max=0.5)
+    forwarder = Forwarder(config.dsn, config.schema, kafka, ForwarderSettings(backoff_max=0.5), registry=registry)
     await forwarder.start()
     try:
         await store.append_events("order-gone-1", [EventEnvelope("OrderPlaced", {})])

@@ -162,6 +162,11 @@ def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelop
     )
 
 
+#: An ``events`` row (the columns of ``_EVENT_COLUMNS``, jsonb decoded) as an EventEnvelope, with a
+#: cache of parsed stream ids: the one mapping, also for the sidecar's Kafka forwarder.
+envelope_from_row = _envelope
+
+
 #: A row of ``_ENCODED_COLUMNS`` as an EncodedEvent: the columns are in the tuple's field order, so
 #: the record is copied in C (``tuple.__new__``), a third of the cost of passing nine fields by name
 #: or position; this is the hot loop of every read the edges serve.
