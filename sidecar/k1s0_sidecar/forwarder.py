@@ -138,6 +138,8 @@ def _now() -> str:
 class Forwarder:
     """The schema's Kafka relay, as a component the sidecar runtime starts and stops."""
 
+    stop_before_servers = False  # no stream of its own to end: stopped after the in-flight requests
+
     def __init__(
         self,
         dsn: str,

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,8 @@ from .authz import Authenticator, Principal, Role, check
 from .errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, error_code, http_status, new_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
-from .service import EventStoreService
+from .service import EventStoreService, audit_subject, encode_appended
+from .subscriptions import Batch
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class RestApi:
         *,
         max_body_bytes: int,
         body_timeout: float = 60.0,
+        extra_routes: Sequence[Route] = (),
     ) -> None:
         self.service = service
         self.authenticator = authenticator
@@ -132,9 +134,8 @@ class RestApi:
         self.readiness = readiness
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
-        self.extra_routes: list[Route] = []
-        #: The subscription hub (set by the runtime); the SSE routes need it.
-        self.subscriptions: Any = None
+        #: Routes of optional parts (the forwarder's status), declared by whoever builds this.
+        self.extra_routes = list(extra_routes)
         self._roles: dict[str, Role | None] = {}
         #: The audited write operation of each route (method and path), if it is one.
         self._operations: dict[str, str] = {}
@@ -262,12 +263,13 @@ class RestApi:
     async def append(self, request: web.Request) -> web.Response:
         events, expected = wire.parse_append(await self._body(request))
         appended = await self.service.append(
-            request.match_info["stream_id"], events, expected, request.get(PRINCIPAL_KEY)
+            request.match_info["stream_id"], events, expected, audit_subject(request.get(PRINCIPAL_KEY))
         )
         result = appended.result
         return _json_text(
             f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},'
-            f'"events":{wire.events_text(appended.events)},"current_version":{result.current_version}}}',
+            f'"events":{wire.events_text(encode_appended(appended.request, result))},'
+            f'"current_version":{result.current_version}}}',
             201,
         )
 
@@ -335,11 +337,6 @@ class RestApi:
 
     # -- subscriptions: Server-Sent Events ------------------------------------------------------------
 
-    def _hub(self) -> Any:
-        if self.subscriptions is None:
-            raise RequestError("SYS_EVSTORE_UNAVAILABLE", "subscriptions are not enabled")
-        return self.subscriptions
-
     @staticmethod
     def _last_event_id(request: web.Request) -> int | None:
         raw = request.headers.get("Last-Event-ID")
@@ -348,23 +345,21 @@ class RestApi:
         return _integer(raw, "Last-Event-ID")
 
     async def subscribe_stream(self, request: web.Request) -> web.StreamResponse:
-        hub = self._hub()
         stream_id = request.match_info["stream_id"]
         after = _query_int(request, "after_version") or 0
         resume = self._last_event_id(request)
         if resume is not None:  # resume right after the last event the client saw
             after = (await self.service.get_event(stream_id, resume)).version or 0
         from_end = request.query.get("from_end", "").lower() in {"1", "true"}
-        events = hub.stream(stream_id, after, from_end, heartbeat=True)
+        events = self.service.subscribe_stream(stream_id, after, from_end, heartbeat=True)
         return await self._sse(request, events)
 
     async def subscribe_all(self, request: web.Request) -> web.StreamResponse:
-        hub = self._hub()
         after = self._last_event_id(request)
         if after is None:
             after = _query_int(request, "after_sequence") or 0
         from_end = request.query.get("from_end", "").lower() in {"1", "true"}
-        events = hub.all(
+        events = self.service.subscribe_all(
             after,
             request.query.getall("stream_prefix", []),
             request.query.getall("event_type", []),
@@ -373,7 +368,7 @@ class RestApi:
         )
         return await self._sse(request, events)
 
-    async def _sse(self, request: web.Request, events: Any) -> web.StreamResponse:
+    async def _sse(self, request: web.Request, events: AsyncGenerator[Batch, None]) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
