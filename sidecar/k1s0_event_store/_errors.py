@@ -28,6 +28,12 @@ class EventStoreError(Exception):
         message, as in gRPC's ``ErrorInfo.metadata``), ``stream_id`` the stream the call was about."""
         return cls(message)
 
+    def _received(self, message: str) -> EventStoreError:
+        """This error with the message as the server worded it (the server knew more)."""
+        self.message = message
+        self.args = (message,)
+        return self
+
 
 class ValidationError(EventStoreError):
     """The request is malformed; nothing was written. ``field`` names the offending input."""
@@ -102,7 +108,7 @@ class EventIdConflictError(EventStoreError):
 
     @classmethod
     def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
-        return cls(fields.get("event_id", ""), message)
+        return cls(fields.get("event_id", ""), "")._received(message)
 
 
 class NotFoundError(EventStoreError):
@@ -131,9 +137,7 @@ class EventNotFoundError(NotFoundError):
 
     @classmethod
     def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
-        err = cls(stream_id, 0)  # the answer does not say which sequence: its message does
-        err.message = message
-        return err
+        return cls(stream_id, 0)._received(message)  # the answer does not say which sequence: its message does
 
 
 class SnapshotNotFoundError(NotFoundError):
