@@ -300,14 +300,14 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     async def SubscribeToStream(  # type: ignore[override]
         self, request: pb.SubscribeToStreamRequest, context: Any
     ) -> AsyncIterator[pb.EventNotification]:
-        batches = self.service.subscribe_stream(request.stream_id, request.after_version, request.from_end)
+        batches = self.service.hub().stream(request.stream_id, request.after_version, request.from_end)
         async for notification in _notifications(batches, request.max_batch):
             yield notification
 
     async def SubscribeToAll(  # type: ignore[override]
         self, request: pb.SubscribeToAllRequest, context: Any
     ) -> AsyncIterator[pb.EventNotification]:
-        batches = self.service.subscribe_all(
+        batches = self.service.hub().all(
             request.after_sequence, list(request.stream_prefixes), list(request.event_types), request.from_end
         )
         async for notification in _notifications(batches, request.max_batch):

@@ -345,21 +345,23 @@ class RestApi:
         return _integer(raw, "Last-Event-ID")
 
     async def subscribe_stream(self, request: web.Request) -> web.StreamResponse:
+        hub = self.service.hub()
         stream_id = request.match_info["stream_id"]
         after = _query_int(request, "after_version") or 0
         resume = self._last_event_id(request)
         if resume is not None:  # resume right after the last event the client saw
             after = (await self.service.get_event(stream_id, resume)).version or 0
         from_end = request.query.get("from_end", "").lower() in {"1", "true"}
-        events = self.service.subscribe_stream(stream_id, after, from_end, heartbeat=True)
+        events = hub.stream(stream_id, after, from_end, heartbeat=True)
         return await self._sse(request, events)
 
     async def subscribe_all(self, request: web.Request) -> web.StreamResponse:
+        hub = self.service.hub()
         after = self._last_event_id(request)
         if after is None:
             after = _query_int(request, "after_sequence") or 0
         from_end = request.query.get("from_end", "").lower() in {"1", "true"}
-        events = self.service.subscribe_all(
+        events = hub.all(
             after,
             request.query.getall("stream_prefix", []),
             request.query.getall("event_type", []),

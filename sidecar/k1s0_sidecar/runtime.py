@@ -253,10 +253,11 @@ def assemble(
         extra_routes=[Route("GET", FORWARDER_STATUS_PATH, forwarder_status, None, "forwarder_status")],
     )
     maintenance = Maintenance(pool, service, metrics, config.database.schema, es.snapshot_retention_days)
-    components: tuple[Component, ...] = (subscriptions, maintenance, *([forwarder] if forwarder else []))
     return Parts(
-        store_config, pool, store, snapshots, subscriptions, forwarder, committer, service, authenticator, rest,
-        EventStoreServicer(service), components,
+        store_config=store_config, pool=pool, store=store, snapshots=snapshots, subscriptions=subscriptions,
+        forwarder=forwarder, committer=committer, service=service, authenticator=authenticator, rest=rest,
+        servicer=EventStoreServicer(service),
+        components=(subscriptions, maintenance, *([forwarder] if forwarder is not None else [])),
     )
 
 

@@ -8,7 +8,7 @@ parse, call one method here, and render; errors are library exceptions, rendered
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
@@ -46,7 +46,7 @@ from .authz import Principal
 from .config import EventStoreSection
 from .group_commit import GroupCommitter
 from .metrics import Metrics
-from .subscriptions import Batch, SubscriptionHub
+from .subscriptions import SubscriptionHub
 from .wire import event_text
 
 T = TypeVar("T")
@@ -320,25 +320,9 @@ class EventStoreService:
         self.metrics.reads.labels("streams").inc()
         return result
 
-    def subscribe_stream(
-        self, stream_id: str, after_version: int = 0, from_end: bool = False, *, heartbeat: bool = False
-    ) -> AsyncGenerator[Batch, None]:
-        """One stream's events after ``after_version`` (or from now), as the hub delivers them."""
-        return self._hub().stream(stream_id, after_version, from_end, heartbeat=heartbeat)
-
-    def subscribe_all(
-        self,
-        after_sequence: int = 0,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-        from_end: bool = False,
-        *,
-        heartbeat: bool = False,
-    ) -> AsyncGenerator[Batch, None]:
-        """Every matching event after ``after_sequence`` (or from now), as the hub delivers them."""
-        return self._hub().all(after_sequence, stream_prefixes, event_types, from_end, heartbeat=heartbeat)
-
-    def _hub(self) -> SubscriptionHub:
+    def hub(self) -> SubscriptionHub:
+        """The subscription reader both edges subscribe through; without one, both answer
+        SYS_EVSTORE_UNAVAILABLE (the one error map: 503 on REST, UNAVAILABLE on gRPC)."""
         if self.subscriptions is None:
             raise UnavailableError("subscriptions are not enabled on this server")
         return self.subscriptions
