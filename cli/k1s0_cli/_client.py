@@ -20,40 +20,34 @@ from rich.progress import Progress
 from rich.table import Table
 
 from k1s0_event_store import (
-    ConcurrencyError,
     EventEnvelope,
-    EventIdConflictError,
     EventStoreError,
     GrpcEventStore,
     GrpcSnapshotStore,
-    NotFoundError,
-    PermissionDeniedError,
-    StreamAlreadyExistsError,
-    UnauthenticatedError,
-    UnavailableError,
     ValidationError,
 )
 from k1s0_event_store._model import rfc3339
+from k1s0_event_store.error_map import ErrorCategory, kind_of
 from k1s0_sidecar._wire import event_json, snapshot_json, stream_summary_json
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130
+#: The exit code of each category of the library's error map (the numbers are documented: keep them).
+EXIT_CODES: dict[ErrorCategory, int] = {
+    ErrorCategory.INVALID: EXIT_USAGE,
+    ErrorCategory.NOT_FOUND: EXIT_NOT_FOUND,
+    ErrorCategory.CONFLICT: EXIT_CONFLICT,
+    ErrorCategory.DENIED: EXIT_AUTH,
+    ErrorCategory.UNAVAILABLE: EXIT_UNAVAILABLE,
+    ErrorCategory.INTERNAL: EXIT_ERROR,
+}
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
 def exit_code(exc: EventStoreError) -> int:
-    if isinstance(exc, NotFoundError):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, (ConcurrencyError, StreamAlreadyExistsError, EventIdConflictError)):
-        return EXIT_CONFLICT
-    if isinstance(exc, (UnauthenticatedError, PermissionDeniedError)):
-        return EXIT_AUTH
-    if isinstance(exc, UnavailableError):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, ValidationError):
-        return EXIT_USAGE
-    return EXIT_ERROR
+    return EXIT_CODES[kind_of(exc.code).category]
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -269,6 +263,6 @@ def _run(fn: Callable[..., Awaitable[int]], *, snapshots: bool = False) -> Calla
             err.print(f"error: {exc.code}: {exc.message}", highlight=False, markup=False)
             return exit_code(exc)
         except KeyboardInterrupt:
-            return 130
+            return EXIT_INTERRUPTED
 
     return handler

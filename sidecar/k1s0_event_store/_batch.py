@@ -2,17 +2,18 @@
 
 Given the streams' current versions and the already-stored events whose ids a batch mentions, decide
 for each request in order: write it (at which version), answer it with the events a previous
-identical append stored (idempotent retry), or fail it. The stores only do the I/O around this.
+identical append stored (idempotent retry), or fail it (``plan``); then turn the decisions into each
+request's outcome (``results``). The stores only do the I/O around this.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._errors import ConcurrencyError, EventIdConflictError, EventStoreError, StreamAlreadyExistsError
-from ._model import NO_STREAM, AppendRequest, EventEnvelope, same_content
+from ._model import NO_STREAM, AppendRequest, AppendResult, EventEnvelope, same_content
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,25 @@ def plan(
             current[stream] = decision.first_version + len(req.events) - 1
         decisions.append(decision)
     return decisions
+
+
+def results(
+    decisions: Sequence[Decision], write: Callable[[Write], list[EventEnvelope]]
+) -> list[AppendResult | EventStoreError]:
+    """Each request's outcome, in order. ``write`` gives a ``Write``'s stored events (the store
+    writes them now, or built them from what one statement wrote for the whole batch)."""
+    out: list[AppendResult | EventStoreError] = []
+    for d in decisions:
+        if isinstance(d, Write):
+            stored = write(d)
+            out.append(AppendResult(d.request.stream_id, stored, d.first_version + len(stored) - 1))
+        elif isinstance(d, Replay):
+            out.append(AppendResult(d.request.stream_id, d.stored, d.stored[-1].version or 0))
+        elif isinstance(d, ReplayOf):
+            out.append(out[d.index])  # the very same result object as its original
+        else:
+            out.append(d)
+    return out
 
 
 def _check_version(req: AppendRequest, stream: str, actual: int) -> Decision:

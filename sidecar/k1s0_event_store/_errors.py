@@ -1,13 +1,14 @@
 """The library's error hierarchy.
 
-Every error carries a stable ``code`` (the seed's ``SYS_EVSTORE_*`` names), so that the sidecar's
-single error map can turn any of them into an HTTP status or a gRPC status without knowing the
+Every error carries a stable ``code`` (a ``SYS_EVSTORE_*`` name), so that the one error map
+(``error_map``) can turn any of them into an HTTP status or a gRPC status without knowing the
 concrete class. Each class says one thing that went wrong; callers catch the class, wire formats
-use the code.
+use the code. ``from_wire`` is the way back: the exception a client raises for a code it received.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -21,6 +22,18 @@ class EventStoreError(Exception):
         self.message = message
         self.details: list[dict[str, Any]] = details or []
 
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        """This error as a client rebuilds it from an answer: ``fields`` are the details (field ->
+        message, as in gRPC's ``ErrorInfo.metadata``), ``stream_id`` the stream the call was about."""
+        return cls(message)
+
+    def _received(self, message: str) -> EventStoreError:
+        """This error with the message as the server worded it (the server knew more)."""
+        self.message = message
+        self.args = (message,)
+        return self
+
 
 class ValidationError(EventStoreError):
     """The request is malformed; nothing was written. ``field`` names the offending input."""
@@ -31,6 +44,10 @@ class ValidationError(EventStoreError):
         details = [{"field": field, "message": message}] if field else []
         super().__init__(message, details=details)
         self.field = field
+
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(message, field=next(iter(fields), None))
 
 
 class ConcurrencyError(EventStoreError):
@@ -50,6 +67,10 @@ class ConcurrencyError(EventStoreError):
         self.expected_version = expected_version
         self.actual_version = actual_version
 
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(stream_id, int(fields["expected_version"]), int(fields["actual_version"]))
+
 
 class StreamAlreadyExistsError(EventStoreError):
     """``expected_version=-1`` was given but the stream already has events."""
@@ -63,6 +84,10 @@ class StreamAlreadyExistsError(EventStoreError):
         )
         self.stream_id = stream_id
         self.actual_version = actual_version
+
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(stream_id, int(fields.get("actual_version", "0")))
 
 
 class EventIdConflictError(EventStoreError):
@@ -81,6 +106,10 @@ class EventIdConflictError(EventStoreError):
         )
         self.event_id = event_id
 
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(fields.get("event_id", ""), "")._received(message)
+
 
 class NotFoundError(EventStoreError):
     """Base for the three not-found cases."""
@@ -93,6 +122,10 @@ class StreamNotFoundError(NotFoundError):
         super().__init__(f"stream not found: {stream_id}")
         self.stream_id = stream_id
 
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(stream_id)
+
 
 class EventNotFoundError(NotFoundError):
     code = "SYS_EVSTORE_EVENT_NOT_FOUND"
@@ -102,6 +135,10 @@ class EventNotFoundError(NotFoundError):
         self.stream_id = stream_id
         self.sequence = sequence
 
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(stream_id, 0)._received(message)  # the answer does not say which sequence: its message does
+
 
 class SnapshotNotFoundError(NotFoundError):
     code = "SYS_EVSTORE_SNAPSHOT_NOT_FOUND"
@@ -109,6 +146,10 @@ class SnapshotNotFoundError(NotFoundError):
     def __init__(self, stream_id: str) -> None:
         super().__init__(f"no snapshot found for stream: {stream_id}")
         self.stream_id = stream_id
+
+    @classmethod
+    def from_wire(cls, message: str, fields: Mapping[str, str], stream_id: str) -> EventStoreError:
+        return cls(stream_id)
 
 
 class UnauthenticatedError(EventStoreError):

@@ -1,15 +1,16 @@
-"""The one error map: library errors -> HTTP status + body, and -> gRPC status + ErrorInfo.
+"""Errors as the protocol edges answer them: HTTP status + body, and gRPC status + ErrorInfo.
 
-Both protocol edges call this module and nothing else to render an error, so a code never means
-one thing on REST and another on gRPC. Anything that is not an ``EventStoreError`` is an internal
-error: logged with its traceback, answered as ``SYS_EVSTORE_INTERNAL_ERROR`` without details.
+Both edges call this module and nothing else to render an error, so a code never means one thing
+on REST and another on gRPC; which status each code gets is the library's one map
+(``k1s0_event_store.error_map``), which the gRPC client decodes with too. Anything that is not an
+``EventStoreError`` is an internal error: logged with its traceback, answered as
+``SYS_EVSTORE_INTERNAL_ERROR`` without details.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,43 +19,26 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from k1s0_event_store import EventStoreError
+from k1s0_event_store.error_map import CLIENT_CLOSED_CODE, ERROR_DOMAIN, ERROR_MAP, INTERNAL_CODE, kind_of
+from k1s0_event_store.error_map import error_info as error_info_from_call
 
 from . import _tracing as tracing
 
 log = logging.getLogger(__name__)
 
-ERROR_DOMAIN = "eventstore.k1s0.io"
-INTERNAL_CODE = "SYS_EVSTORE_INTERNAL_ERROR"
-CLIENT_CLOSED_CODE = "SYS_EVSTORE_CLIENT_CLOSED_REQUEST"
-
-
-@dataclass(frozen=True)
-class Mapping:
-    http: int
-    grpc: grpc.StatusCode
-
-
-#: Every SYS_EVSTORE_* code, its HTTP status and its gRPC status code.
-ERROR_MAP: dict[str, Mapping] = {
-    "SYS_EVSTORE_STREAM_NOT_FOUND": Mapping(404, grpc.StatusCode.NOT_FOUND),
-    "SYS_EVSTORE_EVENT_NOT_FOUND": Mapping(404, grpc.StatusCode.NOT_FOUND),
-    "SYS_EVSTORE_SNAPSHOT_NOT_FOUND": Mapping(404, grpc.StatusCode.NOT_FOUND),
-    "SYS_EVSTORE_VERSION_CONFLICT": Mapping(409, grpc.StatusCode.ABORTED),
-    "SYS_EVSTORE_STREAM_ALREADY_EXISTS": Mapping(409, grpc.StatusCode.ALREADY_EXISTS),
-    "SYS_EVSTORE_EVENT_ID_CONFLICT": Mapping(409, grpc.StatusCode.ALREADY_EXISTS),
-    "SYS_EVSTORE_VALIDATION_ERROR": Mapping(400, grpc.StatusCode.INVALID_ARGUMENT),
-    "SYS_EVSTORE_PAYLOAD_TOO_LARGE": Mapping(413, grpc.StatusCode.INVALID_ARGUMENT),
-    "SYS_EVSTORE_ROUTE_NOT_FOUND": Mapping(404, grpc.StatusCode.UNIMPLEMENTED),
-    "SYS_EVSTORE_METHOD_NOT_ALLOWED": Mapping(405, grpc.StatusCode.UNIMPLEMENTED),
-    "SYS_EVSTORE_UNAUTHENTICATED": Mapping(401, grpc.StatusCode.UNAUTHENTICATED),
-    "SYS_EVSTORE_PERMISSION_DENIED": Mapping(403, grpc.StatusCode.PERMISSION_DENIED),
-    "SYS_EVSTORE_UNAVAILABLE": Mapping(503, grpc.StatusCode.UNAVAILABLE),
-    "SYS_EVSTORE_REQUEST_TIMEOUT": Mapping(408, grpc.StatusCode.DEADLINE_EXCEEDED),
-    # The client went away before its request was read: nobody gets this answer, but the metrics
-    # count it apart from server errors (nginx's 499 "client closed request").
-    CLIENT_CLOSED_CODE: Mapping(499, grpc.StatusCode.CANCELLED),
-    INTERNAL_CODE: Mapping(500, grpc.StatusCode.INTERNAL),
-}
+__all__ = [
+    "CLIENT_CLOSED_CODE",
+    "INTERNAL_CODE",
+    "RequestError",
+    "classify",
+    "error_body",
+    "error_code",
+    "error_info_from_call",
+    "grpc_code",
+    "grpc_status",
+    "http_status",
+    "new_request_id",
+]
 
 
 class RequestError(EventStoreError):
@@ -87,7 +71,12 @@ def error_code(exc: BaseException) -> str:
 
 
 def http_status(code: str) -> int:
-    return ERROR_MAP.get(code, ERROR_MAP[INTERNAL_CODE]).http
+    return kind_of(code).http
+
+
+def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status code ``exc`` is answered with (as ``grpc_status`` renders it)."""
+    return kind_of(error_code(exc)).grpc
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
@@ -98,7 +87,6 @@ def error_body(code: str, message: str, details: list[dict[str, Any]], request_i
 def grpc_status(exc: BaseException, request_id: str) -> grpc.Status:
     """A rich gRPC status whose ``google.rpc.ErrorInfo.reason`` is the SYS_EVSTORE_* code."""
     code, message, details = classify(exc)
-    mapping = ERROR_MAP.get(code, ERROR_MAP[INTERNAL_CODE])
     info = error_details_pb2.ErrorInfo(
         reason=code,
         domain=ERROR_DOMAIN,
@@ -106,19 +94,6 @@ def grpc_status(exc: BaseException, request_id: str) -> grpc.Status:
     )
     packed = any_pb2.Any()
     packed.Pack(info)
-    status = status_pb2.Status(code=mapping.grpc.value[0], message=message, details=[packed])
+    status = status_pb2.Status(code=kind_of(code).grpc.value[0], message=message, details=[packed])
     result: grpc.Status = rpc_status.to_status(status)
     return result
-
-
-def error_info_from_call(error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ErrorInfo a server attached to a failed call (used by the client and the tests)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None

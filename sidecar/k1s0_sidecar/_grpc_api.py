@@ -11,7 +11,7 @@ import contextvars
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -22,7 +22,6 @@ from k1s0_event_store import (
     EncodedEvent,
     EncodedPage,
     EventEnvelope,
-    EventStoreError,
     PermissionDeniedError,
     Snapshot,
     ValidationError,
@@ -39,7 +38,7 @@ from . import _audit as audit
 from . import _tracing as tracing
 from . import _wire as wire
 from ._authz import Authenticator, Principal, Role, check
-from ._errors import ERROR_MAP, INTERNAL_CODE, error_code, grpc_status, new_request_id
+from ._errors import error_code, grpc_code, grpc_status, new_request_id
 from ._metrics import Metrics
 from ._service import EventStoreService, audit_subject, audited_metadata, time_texts
 from ._subscriptions import BATCH_LIMIT, Batch
@@ -213,21 +212,17 @@ async def _notifications(batches: AsyncIterator[Batch], max_batch: int) -> Async
 class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     def __init__(self, service: EventStoreService) -> None:
         self.service = service
-        #: Set by the subscriptions module when it is enabled.
-        self.subscriptions: Any = None
 
     async def AppendEvents(self, request: pb.AppendEventsRequest, context: Any) -> pb.AppendEventsResponse:
         subject = audit_subject(current_principal())
-        now = datetime.now(UTC)  # one "time of the append" for every event that names none
         data = request.events
-        depth = self.service.settings.max_json_depth
-        events = [prepared_from_pb(d, i, subject, now, depth) for i, d in enumerate(data)]
-        append, result = await self.service.append_prepared(
-            request.stream_id, events, expected_version_from_pb(request.expected_version)
+        appended = await self.service.append(
+            request.stream_id, data, expected_version_from_pb(request.expected_version), subject, prepared_from_pb
         )
+        result = appended.result
         response = pb.AppendEventsResponse(stream_id=result.stream_id.value, current_version=result.current_version)
         # audited or traced: the stored metadata differs from the request's, so it is what is echoed
-        add_appended_pb(response.events, append, result, data, subject is not None or tracing.ENABLED)
+        add_appended_pb(response.events, appended.request, result, data, subject is not None or tracing.ENABLED)
         return response
 
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:
@@ -307,18 +302,14 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     async def SubscribeToStream(  # type: ignore[override]
         self, request: pb.SubscribeToStreamRequest, context: Any
     ) -> AsyncIterator[pb.EventNotification]:
-        if self.subscriptions is None:
-            raise EventStoreError("subscriptions are not enabled")
-        batches = self.subscriptions.stream(request.stream_id, request.after_version, request.from_end)
+        batches = self.service.hub().stream(request.stream_id, request.after_version, request.from_end)
         async for notification in _notifications(batches, request.max_batch):
             yield notification
 
     async def SubscribeToAll(  # type: ignore[override]
         self, request: pb.SubscribeToAllRequest, context: Any
     ) -> AsyncIterator[pb.EventNotification]:
-        if self.subscriptions is None:
-            raise EventStoreError("subscriptions are not enabled")
-        batches = self.subscriptions.all(
+        batches = self.service.hub().all(
             request.after_sequence, list(request.stream_prefixes), list(request.event_types), request.from_end
         )
         async for notification in _notifications(batches, request.max_batch):
@@ -493,7 +484,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         """The gRPC status name ``exc`` is answered with (as ``grpc_status`` renders it)."""
         if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with a status of its own
             return str(getattr(context.code(), "name", "UNKNOWN"))
-        return ERROR_MAP.get(error_code(exc), ERROR_MAP[INTERNAL_CODE]).grpc.name
+        return grpc_code(exc).name
 
     async def _abort(self, context: Any, exc: BaseException, request_id: str, method: str, started: float) -> None:
         if isinstance(exc, grpc.aio.AbortError):

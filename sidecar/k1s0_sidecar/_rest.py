@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,8 @@ from ._authz import Authenticator, Principal, Role, check
 from ._errors import CLIENT_CLOSED_CODE, RequestError, classify, error_body, error_code, http_status, new_request_id
 from ._metrics import Metrics
 from ._openapi import openapi_document
-from ._service import EventStoreService
+from ._service import EventStoreService, audit_subject, encode_appended
+from ._subscriptions import Batch
 from .forwarding import Forwarder, disabled_status
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,6 @@ class RestApi:
         self.body_timeout = body_timeout
         #: The Kafka forwarder, None when kafka.brokers is empty (its status route says so).
         self.forwarder = forwarder
-        #: The subscription hub (set by the runtime); the SSE routes need it.
-        self.subscriptions: Any = None
         self._roles: dict[str, Role | None] = {}
         #: The audited write operation of each route (method and path), if it is one.
         self._operations: dict[str, str] = {}
@@ -268,12 +267,13 @@ class RestApi:
     async def append(self, request: web.Request) -> web.Response:
         events, expected = wire.parse_append(await self._body(request))
         appended = await self.service.append(
-            request.match_info["stream_id"], events, expected, request.get(PRINCIPAL_KEY)
+            request.match_info["stream_id"], events, expected, audit_subject(request.get(PRINCIPAL_KEY))
         )
         result = appended.result
         return _json_text(
             f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},'
-            f'"events":{wire.events_text(appended.events)},"current_version":{result.current_version}}}',
+            f'"events":{wire.events_text(encode_appended(appended.request, result))},'
+            f'"current_version":{result.current_version}}}',
             201,
         )
 
@@ -341,11 +341,6 @@ class RestApi:
 
     # -- subscriptions: Server-Sent Events ------------------------------------------------------------
 
-    def _hub(self) -> Any:
-        if self.subscriptions is None:
-            raise RequestError("SYS_EVSTORE_UNAVAILABLE", "subscriptions are not enabled")
-        return self.subscriptions
-
     @staticmethod
     def _last_event_id(request: web.Request) -> int | None:
         raw = request.headers.get("Last-Event-ID")
@@ -354,7 +349,7 @@ class RestApi:
         return _integer(raw, "Last-Event-ID")
 
     async def subscribe_stream(self, request: web.Request) -> web.StreamResponse:
-        hub = self._hub()
+        hub = self.service.hub()
         stream_id = request.match_info["stream_id"]
         after = _query_int(request, "after_version") or 0
         resume = self._last_event_id(request)
@@ -365,7 +360,7 @@ class RestApi:
         return await self._sse(request, events)
 
     async def subscribe_all(self, request: web.Request) -> web.StreamResponse:
-        hub = self._hub()
+        hub = self.service.hub()
         after = self._last_event_id(request)
         if after is None:
             after = _query_int(request, "after_sequence") or 0
@@ -379,7 +374,7 @@ class RestApi:
         )
         return await self._sse(request, events)
 
-    async def _sse(self, request: web.Request, events: Any) -> web.StreamResponse:
+    async def _sse(self, request: web.Request, events: AsyncGenerator[Batch, None]) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )

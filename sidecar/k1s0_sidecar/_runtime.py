@@ -15,11 +15,11 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import asyncpg
 import grpc
@@ -48,7 +48,14 @@ log = logging.getLogger("k1s0_sidecar")
 
 
 class Component(Protocol):
-    """A background part (forwarder, subscription reader, maintenance) the runtime starts and stops."""
+    """A background part (forwarder, subscription reader, maintenance) the runtime starts and stops.
+
+    Parts with ``stop_before_servers`` (the subscription reader: its streams never end on their
+    own) are stopped before the listeners close, so that they do not hold the grace period; the
+    others after the in-flight requests have finished, in reverse start order."""
+
+    @property
+    def stop_before_servers(self) -> bool: ...
 
     async def start(self) -> None: ...
 
@@ -122,8 +129,14 @@ class EmbeddedPostgres:
 class Maintenance:
     """Snapshot retention (seed 001: 30 days, newest kept) and the streams gauge."""
 
-    runtime: Sidecar
+    pool: asyncpg.Pool
+    service: EventStoreService
+    metrics: Metrics
+    schema: str
+    #: Snapshots older than this many days are pruned (0: kept forever).
+    retention_days: int
     interval_seconds: float = 60.0
+    stop_before_servers: ClassVar[bool] = False
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
@@ -138,18 +151,17 @@ class Maintenance:
                 pass
 
     async def _run(self) -> None:
-        rt = self.runtime
         last_prune = 0.0
+        schema = quote_ident(self.schema, "schema")
         while True:
             try:
-                async with rt.pool.acquire() as conn:
-                    schema = quote_ident(rt.config.database.schema, "schema")
+                async with self.pool.acquire() as conn:
                     count = await conn.fetchval(f"SELECT count(*) FROM {schema}.event_streams")
-                rt.metrics.streams.set(count)
-                days = rt.config.event_store.snapshot_retention_days
+                self.metrics.streams.set(count)
+                days = self.retention_days
                 if days and time.monotonic() - last_prune > 3600:
                     with audit.system_write("prune_snapshots", "snapshot-retention"):
-                        removed = await rt.service.prune_snapshots(datetime.now(UTC) - timedelta(days=days))
+                        removed = await self.service.prune_snapshots(datetime.now(UTC) - timedelta(days=days))
                     last_prune = time.monotonic()
                     if removed:
                         log.info("pruned %d snapshots older than %d days", removed, days)
@@ -158,28 +170,130 @@ class Maintenance:
             await asyncio.sleep(self.interval_seconds)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What one sidecar is made of. Each part is built with everything it needs (``assemble``);
+    nothing is set on a part after it was made."""
+
+    store_config: EventStoreConfig
+    pool: asyncpg.Pool
+    store: PostgresEventStore
+    snapshots: PostgresSnapshotStore
+    subscriptions: SubscriptionHub
+    forwarder: Forwarder | None
+    committer: GroupCommitter
+    service: EventStoreService
+    authenticator: Authenticator
+    rest: RestApi
+    servicer: EventStoreServicer
+    #: The background parts in start order.
+    components: tuple[Component, ...]
+
+
+def assemble(
+    config: Config,
+    metrics: Metrics,
+    store_config: EventStoreConfig,
+    pool: asyncpg.Pool,
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
+) -> Parts:
+    """Build the parts over an open pool, in dependency order: stores; the readers of what is
+    committed (subscriptions, forwarder); the group commit, which wakes them; the service; the
+    edges. Nothing is started here."""
+    es = config.event_store
+    metrics.watch_pool(lambda: (pool.get_size(), pool.get_idle_size(), pool.get_max_size()))
+    store = PostgresEventStore(store_config, pool=pool)
+    snapshots = PostgresSnapshotStore(store_config, pool=pool)
+    stats = store.append_stats
+    metrics.watch_append_path(lambda: (stats.replanned, stats.locked))
+    dsn = store_config.dsn
+    subscriptions = SubscriptionHub(
+        store,
+        dsn,
+        config.database.schema,
+        buffer=es.subscription_buffer,
+        poll_interval=es.subscription_poll_interval_ms / 1000,
+        keepalive=es.subscription_keepalive_seconds,
+        on_lag=metrics.subscriptions_lagged.inc,
+    )
+    metrics.subscriptions_active.set_function(lambda: subscriptions.live_subscribers)
+    metrics.subscriptions_queued.set_function(lambda: subscriptions.max_queued)
+    metrics.subscriptions_buffer.set(es.subscription_buffer)
+    # The Kafka forwarder: on when kafka.brokers is set (its status route says so when off).
+    forwarder: Forwarder | None = None
+    if config.kafka.brokers:
+        forwarder = Forwarder(
+            dsn, config.database.schema, config.kafka,
+            ForwarderSettings(poll_interval=es.subscription_poll_interval_ms / 1000),
+            registry=metrics.registry,
+        )
+
+    def committed(sequence: int) -> None:
+        """This sidecar stored events up to ``sequence``: wake its own readers (other sidecars find
+        them by polling)."""
+        subscriptions.wake(sequence)
+        if forwarder is not None:
+            forwarder.wake(sequence)
+
+    committer = GroupCommitter(
+        store.append_batch,
+        max_batch=es.group_commit_max_batch,
+        linger_seconds=es.group_commit_linger_ms / 1000,
+        on_batch=metrics.batch_size.observe,
+        on_commit=committed,
+    )
+    service = EventStoreService(store, snapshots, es, metrics, committer, subscriptions)
+    authenticator = make_authenticator(config)
+    rest = RestApi(
+        service, authenticator, metrics, readiness, max_body_bytes=config.server.max_body_bytes,
+        body_timeout=config.server.body_timeout_seconds,
+        forwarder=forwarder,
+    )
+    maintenance = Maintenance(pool, service, metrics, config.database.schema, es.snapshot_retention_days)
+    return Parts(
+        store_config=store_config, pool=pool, store=store, snapshots=snapshots, subscriptions=subscriptions,
+        forwarder=forwarder, committer=committer, service=service, authenticator=authenticator, rest=rest,
+        servicer=EventStoreServicer(service),
+        components=(subscriptions, maintenance, *([forwarder] if forwarder is not None else [])),
+    )
+
+
 class Sidecar:
-    """One sidecar process's worth of parts."""
+    """One sidecar process's worth of parts, and their start and stop."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.components: list[Component] = []
         self.ready = False
         self.rest_port = 0
         self.grpc_port = 0
+        self.health_port = 0
+        self._parts: Parts | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._runner: web.AppRunner | None = None
         self._health_runner: web.AppRunner | None = None
-        self.health_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
-        self.pool: asyncpg.Pool
-        self.store: PostgresEventStore
-        self.snapshots: PostgresSnapshotStore
-        self.committer: GroupCommitter
-        self.service: EventStoreService
-        self.authenticator: Authenticator
+
+    @property
+    def parts(self) -> Parts:
+        """What this sidecar is made of, once ``start`` has built it."""
+        if self._parts is None:
+            raise RuntimeError("the sidecar has not been started")
+        return self._parts
+
+    @property
+    def dsn(self) -> str:
+        """The database this sidecar uses (the embedded one's when it started one)."""
+        return self.parts.store_config.dsn
+
+    @property
+    def rest(self) -> RestApi:
+        return self.parts.rest
+
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.parts.authenticator
 
     @property
     def embedded(self) -> bool:
@@ -190,6 +304,22 @@ class Sidecar:
         cfg = self.config
         check_ports_free(cfg.server.host, {cfg.server.port: "EVENTSTORE_SERVER_PORT",
                                            cfg.server.grpc_port: "EVENTSTORE_SERVER_GRPC_PORT"})
+        store_config = await self._database()
+        pool = await create_pool(store_config)
+        self.metrics.database_up.set(1)  # the pool connected; readiness checks keep it current
+        parts = self._parts = assemble(cfg, self.metrics, store_config, pool, self.readiness)
+        parts.committer.start()
+        for component in parts.components:
+            await component.start()
+        await self._start_rest()
+        await self._start_grpc()
+        self.ready = True
+        log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
+                 cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
+
+    async def _database(self) -> EventStoreConfig:
+        """Where the stores connect: the configured database (migrated if asked), or an embedded one."""
+        cfg = self.config
         dsn = cfg.database.url
         run_migrations = cfg.database.migrate
         if not dsn:
@@ -198,7 +328,15 @@ class Sidecar:
             run_migrations = True
             log.warning("no database.url: using an embedded PostgreSQL with its data in %s (development only)",
                         self._embedded.data_dir)
-        store_config = EventStoreConfig(
+        if run_migrations:
+            conn = await asyncpg.connect(dsn, timeout=cfg.database.connect_timeout_seconds)
+            try:
+                applied = await migrate(conn, cfg.database.schema)
+            finally:
+                await conn.close()
+            if applied:
+                log.info("schema %s: applied migrations %s", cfg.database.schema, applied)
+        return EventStoreConfig(
             dsn=dsn,
             schema=cfg.database.schema,
             snapshot_interval=cfg.event_store.snapshot_interval,
@@ -208,77 +346,6 @@ class Sidecar:
             max_events_per_append=cfg.event_store.max_events_per_append,
             max_json_depth=cfg.event_store.max_json_depth,
         )
-        if run_migrations:
-            conn = await asyncpg.connect(dsn, timeout=cfg.database.connect_timeout_seconds)
-            try:
-                applied = await migrate(conn, cfg.database.schema)
-            finally:
-                await conn.close()
-            if applied:
-                log.info("schema %s: applied migrations %s", cfg.database.schema, applied)
-        self.dsn = dsn
-        self.pool = await create_pool(store_config)
-        self.metrics.database_up.set(1)  # the pool connected; readiness checks keep it current
-        self.metrics.watch_pool(lambda: (self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()))
-        self.store = PostgresEventStore(store_config, pool=self.pool)
-        self.snapshots = PostgresSnapshotStore(store_config, pool=self.pool)
-        stats = self.store.append_stats
-        self.metrics.watch_append_path(lambda: (stats.replanned, stats.locked))
-        self.committer = GroupCommitter(
-            self.store.append_batch,
-            max_batch=cfg.event_store.group_commit_max_batch,
-            linger_seconds=cfg.event_store.group_commit_linger_ms / 1000,
-            on_batch=self.metrics.batch_size.observe,
-            on_commit=self._committed,
-        )
-        self.committer.start()
-        self.service = EventStoreService(self.store, self.snapshots, cfg.event_store, self.metrics, self.committer)
-        self.authenticator = make_authenticator(cfg)
-        # The Kafka forwarder (issue #6): on when kafka.brokers is set.
-        self.forwarder: Forwarder | None = None
-        if cfg.kafka.brokers:
-            self.forwarder = Forwarder(
-                dsn, cfg.database.schema, cfg.kafka,
-                ForwarderSettings(poll_interval=cfg.event_store.subscription_poll_interval_ms / 1000),
-                registry=self.metrics.registry,
-            )
-        self.rest = RestApi(
-            self.service, self.authenticator, self.metrics, self.readiness, max_body_bytes=cfg.server.max_body_bytes,
-            body_timeout=cfg.server.body_timeout_seconds, forwarder=self.forwarder,
-        )
-        self.servicer = EventStoreServicer(self.service)
-        self.subscriptions = SubscriptionHub(
-            self.store,
-            dsn,
-            cfg.database.schema,
-            buffer=cfg.event_store.subscription_buffer,
-            poll_interval=cfg.event_store.subscription_poll_interval_ms / 1000,
-            keepalive=cfg.event_store.subscription_keepalive_seconds,
-            on_lag=self.metrics.subscriptions_lagged.inc,
-        )
-        self.metrics.subscriptions_active.set_function(lambda: self.subscriptions.live_subscribers)
-        self.metrics.subscriptions_queued.set_function(lambda: self.subscriptions.max_queued)
-        self.metrics.subscriptions_buffer.set(cfg.event_store.subscription_buffer)
-        self.servicer.subscriptions = self.subscriptions
-        self.rest.subscriptions = self.subscriptions
-        self.components.append(self.subscriptions)
-        self.components.append(Maintenance(self))
-        if self.forwarder is not None:
-            self.components.append(self.forwarder)
-        for component in self.components:
-            await component.start()
-        await self._start_rest()
-        await self._start_grpc()
-        self.ready = True
-        log.info("serving REST on %s:%d (web console at /ui/) and gRPC on %s:%d (schema %s, auth %s)",
-                 cfg.server.host, self.rest_port, cfg.server.host, self.grpc_port, cfg.database.schema, cfg.auth.mode)
-
-    def _committed(self, sequence: int) -> None:
-        """This sidecar stored events up to ``sequence``: wake its own readers (other sidecars find
-        them by polling)."""
-        self.subscriptions.wake(sequence)
-        if self.forwarder is not None:
-            self.forwarder.wake(sequence)
 
     async def _start_rest(self) -> None:
         self._runner = web.AppRunner(
@@ -311,9 +378,9 @@ class Sidecar:
     async def _start_grpc(self) -> None:
         # The tracing interceptor (when on) comes first, so the edge's work runs inside its span.
         server = grpc.aio.server(
-            interceptors=[*tracing.grpc_interceptors(), EdgeInterceptor(self.authenticator, self.metrics)]
+            interceptors=[*tracing.grpc_interceptors(), EdgeInterceptor(self.parts.authenticator, self.metrics)]
         )
-        pb_grpc.add_EventStoreServiceServicer_to_server(self.servicer, server)
+        pb_grpc.add_EventStoreServiceServicer_to_server(self.parts.servicer, server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -333,7 +400,7 @@ class Sidecar:
             checks["lifecycle"] = "shutting down"
         try:
             async with asyncio.timeout(2):
-                async with self.pool.acquire() as conn:
+                async with self.parts.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             checks["database"] = "ok"
             self.metrics.database_up.set(1)
@@ -349,11 +416,13 @@ class Sidecar:
     async def stop(self) -> None:
         self.ready = False
         grace = self.config.server.shutdown_grace_seconds
+        parts = self._parts
+        components = parts.components if parts is not None else ()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         # Long-lived streams (subscriptions) end first, so they do not hold the grace period.
-        for component in self.components:
-            if getattr(component, "stop_before_servers", False):
+        for component in components:
+            if component.stop_before_servers:
                 await component.stop()
         stops = []
         if self._grpc is not None:
@@ -363,16 +432,17 @@ class Sidecar:
         if self._health_runner is not None:
             stops.append(self._health_runner.cleanup())
         await asyncio.gather(*stops, return_exceptions=True)
-        await self.committer.close()
-        for component in reversed(self.components):
-            if getattr(component, "stop_before_servers", False):
-                continue
-            try:
-                await component.stop()
-            except Exception:
-                log.exception("stopping %s failed", type(component).__name__)
-        await self.authenticator.close()
-        await self.pool.close()
+        if parts is not None:
+            await parts.committer.close()
+            for component in reversed(components):
+                if component.stop_before_servers:
+                    continue
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(component).__name__)
+            await parts.authenticator.close()
+            await parts.pool.close()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
 

@@ -1,8 +1,8 @@
 """The application service: the one place REST and gRPC call.
 
 It owns request semantics shared by both protocols (defaults, paging limits, the per-append event
-limit, audit metadata) and nothing of either wire format. Handlers parse, call one method here,
-and render; errors are library exceptions, rendered by ``errors``.
+limit, audit metadata, whether subscriptions are on) and nothing of either wire format. Handlers
+parse, call one method here, and render; errors are library exceptions, rendered by ``errors``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar, overload
 
 from k1s0_event_store import (
     AppendRequest,
@@ -27,6 +27,7 @@ from k1s0_event_store import (
     StreamId,
     StreamList,
     StreamPage,
+    UnavailableError,
     ValidationError,
     encode_event,
     prepare_append,
@@ -46,9 +47,14 @@ from . import _tracing as tracing
 from ._authz import Principal
 from ._group_commit import GroupCommitter
 from ._metrics import Metrics
+from ._subscriptions import SubscriptionHub
 from ._wire import event_text
 
 T = TypeVar("T")
+E = TypeVar("E")
+#: How an edge prepares one of its events from its own wire form: (event, index, audit subject,
+#: the append's time, JSON depth limit). It stamps the subject with ``audited_metadata``.
+Prepare = Callable[[E, int, str | None, datetime, int], PreparedEvent]
 
 #: Metadata key that always records who appended, whatever the client wrote elsewhere.
 AUTHENTICATED_SUBJECT_KEY = "authenticated_subject"
@@ -56,12 +62,12 @@ READ_ALL_MAX = 1000
 READ_ALL_DEFAULT = 500
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Appended:
-    """An append's result, with its events already encoded for the wire."""
+    """An append as it was prepared and what the store answered (the edge renders it)."""
 
+    request: AppendRequest
     result: AppendResult
-    events: list[EncodedEvent]
 
 
 def time_texts() -> Callable[[datetime | None], str]:
@@ -77,7 +83,7 @@ def time_texts() -> Callable[[datetime | None], str]:
     return when
 
 
-def _encode_appended(request: AppendRequest, result: AppendResult) -> list[EncodedEvent]:
+def encode_appended(request: AppendRequest, result: AppendResult) -> list[EncodedEvent]:
     """Encode the stored events from the request's own JSON text instead of serialising them again.
 
     A fresh write returns envelopes that hold the request's very payload and metadata objects; an
@@ -119,41 +125,56 @@ class EventStoreService:
         settings: EventStoreSection,
         metrics: Metrics,
         committer: GroupCommitter | None = None,
+        subscriptions: SubscriptionHub | None = None,
     ) -> None:
         self.store = store
         self.snapshots = snapshots
         self.settings = settings
         self.metrics = metrics
         self.committer = committer
+        #: None: this service has no subscription reader, and both edges answer a subscription with
+        #: SYS_EVSTORE_UNAVAILABLE (the sidecar always has one; an embedding may not).
+        self.subscriptions = subscriptions
+
+    @overload
+    async def append(
+        self, stream_id: str, events: Sequence[EventEnvelope], expected_version: int | None, subject: str | None
+    ) -> Appended: ...
+
+    @overload
+    async def append(
+        self, stream_id: str, events: Sequence[E], expected_version: int | None, subject: str | None,
+        prepare: Prepare[E],
+    ) -> Appended: ...
 
     async def append(
         self,
         stream_id: str,
-        events: Sequence[EventEnvelope],
+        events: Sequence[Any],
         expected_version: int | None,
-        principal: Principal | None = None,
+        subject: str | None,
+        prepare: Prepare[Any] | None = None,
     ) -> Appended:
-        subject = audit_subject(principal)
-        if subject is not None:
-            events = [_audited(e, subject) for e in events]
-        request = prepare_append(
-            stream_id, events, expected_version, max_events=self.settings.max_events_per_append,
-            max_depth=self.settings.max_json_depth,
-        )
+        """The one append of both edges. ``subject``: who is appending (``audit_subject``), recorded
+        in every event's metadata. The events are envelopes (validated and encoded here), or, with
+        ``prepare``, the edge's wire form, each prepared by ``prepare`` as it is read (JSON text
+        kept as it came, the subject stamped before the metadata is encoded)."""
+        depth = self.settings.max_json_depth
+        if prepare is None:
+            if subject is not None:
+                events = [_audited(e, subject) for e in events]
+            request = prepare_append(
+                stream_id, events, expected_version, max_events=self.settings.max_events_per_append, max_depth=depth
+            )
+        else:
+            now = datetime.now(UTC)  # one "time of the append" for every event that names none
+            prepared = [prepare(e, i, subject, now, depth) for i, e in enumerate(events)]
+            request = prepared_append(
+                stream_id, prepared, expected_version, max_events=self.settings.max_events_per_append
+            )
         if tracing.ENABLED:
             request = tracing.stamp(request)
-        result = await self.commit(request)
-        return Appended(result, _encode_appended(request, result))
-
-    async def append_prepared(
-        self, stream_id: str, events: Sequence[PreparedEvent], expected_version: int | None
-    ) -> tuple[AppendRequest, AppendResult]:
-        """An append whose events the edge prepared itself from their wire form (JSON text kept,
-        audit metadata already applied with ``audited_metadata``); the edge renders the answer."""
-        request = prepared_append(stream_id, events, expected_version, max_events=self.settings.max_events_per_append)
-        if tracing.ENABLED:
-            request = tracing.stamp(request)
-        return request, await self.commit(request)
+        return Appended(request, await self.commit(request))
 
     async def commit(self, request: AppendRequest) -> AppendResult:
         started = time.perf_counter()
@@ -299,6 +320,13 @@ class EventStoreService:
         result = await self.store.list_streams(prefix=prefix, after=after or None, limit=size)
         self.metrics.reads.labels("streams").inc()
         return result
+
+    def hub(self) -> SubscriptionHub:
+        """The subscription reader both edges subscribe through; without one, both answer
+        SYS_EVSTORE_UNAVAILABLE (the one error map: 503 on REST, UNAVAILABLE on gRPC)."""
+        if self.subscriptions is None:
+            raise UnavailableError("subscriptions are not enabled on this server")
+        return self.subscriptions
 
     async def create_snapshot(self, stream_id: str, version: int, aggregate_type: str | None, state: Any) -> Snapshot:
         audit.note(snapshot_version=version)

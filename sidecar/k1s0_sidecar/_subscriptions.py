@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import operator
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -354,7 +354,7 @@ class SubscriptionHub:
         from_end: bool = False,
         *,
         heartbeat: bool = False,
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         """Every matching event after ``after_sequence`` (or from now), in sequence order, forever.
 
         Yields non-empty batches of events. Arguments are validated here, before anything is
@@ -368,7 +368,7 @@ class SubscriptionHub:
 
     async def _all(
         self, after_sequence: int, prefixes: list[str], types: list[str], from_end: bool, heartbeat: bool
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         prefix_tuple = tuple(prefixes)
         type_set = frozenset(types)
 
@@ -414,7 +414,7 @@ class SubscriptionHub:
 
     def stream(
         self, stream_id: str, after_version: int = 0, from_end: bool = False, *, heartbeat: bool = False
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         """One stream's events after ``after_version`` (or from now), in version order, forever.
 
         Yields non-empty batches of events. A stream that does not exist yet is waited for.
@@ -438,7 +438,7 @@ class SubscriptionHub:
 
     async def _stream(
         self, sid: StreamId, after_version: int, from_end: bool, heartbeat: bool
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         name = str(sid)
         version = await self.store.current_version(sid) if from_end else after_version
         while True:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._api import EventStore, SnapshotStore
-from .._batch import Replay, ReplayOf, Write, plan
+from .._batch import Write, plan, results
 from .._errors import EventNotFoundError, EventStoreError, StreamNotFoundError, ValidationError
 from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
 from .._model import (
@@ -49,32 +49,23 @@ class InMemoryEventStore(EventStore):
             versions = {s: len(self._streams.get(s, [])) for s in {str(r.stream_id) for r in requests}}
             ids = {p.event_id for r in requests for p in r.events if p.id_given}
             stored_by_id = {i: self._by_id[i] for i in ids if i in self._by_id}
-            decisions = plan(requests, versions, stored_by_id)
             now = datetime.now(UTC)
-            results: list[AppendResult | EventStoreError] = []
-            for decision in decisions:
-                if isinstance(decision, Write):
-                    req = decision.request
-                    stream = str(req.stream_id)
-                    written = [
-                        envelope_from_prepared(p, req.stream_id, decision.first_version + i, next(self._sequence), now)
-                        for i, p in enumerate(req.events)
-                    ]
-                    self._streams.setdefault(stream, []).extend(written)
-                    self._aggregate_types.setdefault(stream, req.stream_id.aggregate_type)
-                    self._updated[stream] = now
-                    self._all.extend(written)
-                    self._by_id.update({e.event_id: e for e in written if e.event_id is not None})
-                    results.append(AppendResult(req.stream_id, written, written[-1].version or 0))
-                elif isinstance(decision, Replay):
-                    results.append(
-                        AppendResult(decision.request.stream_id, decision.stored, decision.stored[-1].version or 0)
-                    )
-                elif isinstance(decision, ReplayOf):
-                    results.append(results[decision.index])
-                else:
-                    results.append(decision)
-            return results
+
+            def write(decision: Write) -> list[EventEnvelope]:
+                req = decision.request
+                stream = str(req.stream_id)
+                written = [
+                    envelope_from_prepared(p, req.stream_id, decision.first_version + i, next(self._sequence), now)
+                    for i, p in enumerate(req.events)
+                ]
+                self._streams.setdefault(stream, []).extend(written)
+                self._aggregate_types.setdefault(stream, req.stream_id.aggregate_type)
+                self._updated[stream] = now
+                self._all.extend(written)
+                self._by_id.update({e.event_id: e for e in written if e.event_id is not None})
+                return written
+
+            return results(plan(requests, versions, stored_by_id), write)
 
     async def load(
         self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from .._api import EventStore, SnapshotStore
-from .._batch import Decision, Replay, ReplayOf, Write, plan
+from .._batch import Decision, Write, plan, results
 from .._config import EventStoreConfig
 from .._errors import (
     EventNotFoundError,
@@ -400,22 +400,15 @@ class PostgresEventStore(_PoolOwner, EventStore):
     def _results(
         decisions: Sequence[Decision], inserted: dict[uuid.UUID, tuple[int, datetime]]
     ) -> list[AppendResult | EventStoreError]:
-        results: list[AppendResult | EventStoreError] = []
-        for d in decisions:
-            if isinstance(d, Write):
-                req = d.request
-                stored = [
-                    envelope_from_prepared(p, req.stream_id, d.first_version + i, *inserted[p.event_id])
-                    for i, p in enumerate(req.events)
-                ]
-                results.append(AppendResult(req.stream_id, stored, d.first_version + len(stored) - 1))
-            elif isinstance(d, Replay):
-                results.append(AppendResult(d.request.stream_id, d.stored, d.stored[-1].version or 0))
-            elif isinstance(d, ReplayOf):
-                results.append(results[d.index])
-            else:
-                results.append(d)
-        return results
+        """The outcomes, each written event with the sequence and time ``append_planned`` gave it."""
+
+        def stored(d: Write) -> list[EventEnvelope]:
+            sid, first = d.request.stream_id, d.first_version
+            return [
+                envelope_from_prepared(p, sid, first + i, *inserted[p.event_id]) for i, p in enumerate(d.request.events)
+            ]
+
+        return results(decisions, stored)
 
     async def load(
         self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None

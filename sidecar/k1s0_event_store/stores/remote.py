@@ -19,22 +19,16 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from .._api import EventStore, SnapshotStore
 from .._errors import (
-    ConcurrencyError,
-    EventIdConflictError,
     EventNotFoundError,
     EventStoreError,
     PermissionDeniedError,
     SnapshotNotFoundError,
-    StreamAlreadyExistsError,
     StreamNotFoundError,
     UnauthenticatedError,
     UnavailableError,
-    ValidationError,
 )
 from .._json import MAX_JSON_DEPTH_LIMIT
 from .._listing import StreamList, StreamSummary, validate_list_streams
@@ -53,6 +47,7 @@ from .._pbconv import metadata_from_pb, metadata_to_pb
 from .._proto import event_store_pb2 as pb
 from .._proto import event_store_pb2_grpc as pb_grpc
 from .._tracing import context_metadata
+from ..error_map import error_info, from_wire
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
@@ -86,16 +81,10 @@ def _envelope(e: pb.StoredEvent, cache: dict[str, StreamId]) -> EventEnvelope:
 
 
 def decode_error(error: grpc.aio.AioRpcError, stream_id: str = "") -> EventStoreError:
-    """The library exception a failed call stands for."""
-    info = None
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
+    """The library exception a failed call stands for (``error_map`` decides it from the code)."""
+    info = error_info(error)
     message = error.details() or error.code().name
-    if info is None:
+    if info is None:  # not answered by a sidecar: the transport, a proxy or the deadline
         if error.code() in _RETRYABLE:
             return UnavailableError(f"sidecar unavailable: {message}")
         if error.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -103,32 +92,9 @@ def decode_error(error: grpc.aio.AioRpcError, stream_id: str = "") -> EventStore
         if error.code() == grpc.StatusCode.PERMISSION_DENIED:
             return PermissionDeniedError(message)
         return EventStoreError(f"{error.code().name}: {message}")
-    meta = dict(info.metadata)
-    meta.pop("request_id", None)
-    reason = info.reason
-    if reason == "SYS_EVSTORE_VERSION_CONFLICT":
-        return ConcurrencyError(stream_id, int(meta["expected_version"]), int(meta["actual_version"]))
-    if reason == "SYS_EVSTORE_STREAM_ALREADY_EXISTS":
-        return StreamAlreadyExistsError(stream_id, int(meta.get("actual_version", "0")))
-    if reason == "SYS_EVSTORE_EVENT_ID_CONFLICT":
-        return EventIdConflictError(meta.get("event_id", ""), message)
-    if reason == "SYS_EVSTORE_STREAM_NOT_FOUND":
-        return StreamNotFoundError(stream_id)
-    if reason == "SYS_EVSTORE_EVENT_NOT_FOUND":
-        err: EventStoreError = EventNotFoundError(stream_id, 0)
-        err.message = message
-        return err
-    if reason == "SYS_EVSTORE_SNAPSHOT_NOT_FOUND":
-        return SnapshotNotFoundError(stream_id)
-    if reason == "SYS_EVSTORE_VALIDATION_ERROR":
-        return ValidationError(message, field=next(iter(meta), None))
-    if reason == "SYS_EVSTORE_UNAUTHENTICATED":
-        return UnauthenticatedError(message)
-    if reason == "SYS_EVSTORE_PERMISSION_DENIED":
-        return PermissionDeniedError(message)
-    if reason == "SYS_EVSTORE_UNAVAILABLE":
-        return UnavailableError(message)
-    return EventStoreError(message)
+    fields = dict(info.metadata)
+    fields.pop("request_id", None)
+    return from_wire(info.reason, message, fields, stream_id)
 
 
 class _Client:

@@ -33,6 +33,9 @@ _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Time
 class Forwarder:
     """The schema's Kafka relay. ``kafka.brokers`` must not be empty (empty: no forwarder at all)."""
 
+    #: Stopped after the servers (only the subscription reader stops before them).
+    stop_before_servers = False
+
     def __init__(self, dsn: str, schema: str, kafka: KafkaSection, settings: ForwarderSettings | None = None, *,
                  registry: CollectorRegistry | None = None) -> None:
         if not kafka.brokers:
