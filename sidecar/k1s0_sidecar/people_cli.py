@@ -32,8 +32,8 @@ from k1s0_event_store import (
     UnauthenticatedError,
     UnavailableError,
     ValidationError,
+    rfc3339,
 )
-from k1s0_event_store._model import rfc3339
 
 from .wire import event_json, snapshot_json, stream_summary_json
 

@@ -21,12 +21,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from k1s0_event_store import (
-    DocumentPage,
     PermissionDeniedError,
+    ReadForm,
     UnauthenticatedError,
     ValidationError,
     decode_json_text,
     encode_event,
+    event_document,
     parse_json,
 )
 
@@ -266,45 +267,39 @@ class RestApi:
         )
         result = appended.result
         return _json_text(
-            f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},'
-            f'"events":{wire.events_text(appended.events)},"current_version":{result.current_version}}}',
+            wire.stream_events_text(result.stream_id, map(event_document, appended.events), result.current_version),
             201,
         )
 
     async def read_events(self, request: web.Request) -> web.Response:
         page = await self.service.read_stream(
             request.match_info["stream_id"],
+            ReadForm.DOCUMENTS,
             from_version=_query_int(request, "from_version"),
             to_version=_query_int(request, "to_version"),
             event_type=request.query.get("event_type"),
             page=_query_int(request, "page"),
             page_size=_query_int(request, "page_size"),
-            documents=True,
         )
-        assert isinstance(page.page, DocumentPage)
-        pagination = json.dumps(
-            {"total_count": page.page.total_count, "page": page.number, "page_size": page.size,
-             "has_next": page.has_next},
-            separators=(",", ":"),
-        )
+        pagination = {"total_count": page.page.total_count, "page": page.number, "page_size": page.size,
+                      "has_next": page.has_next}
         return _json_text(
-            f'{{"stream_id":{json.dumps(str(page.page.stream_id), ensure_ascii=False)},'
-            f'"events":[{",".join(page.page.documents)}],"current_version":{page.page.current_version},'
-            f'"pagination":{pagination}}}'
+            wire.stream_events_text(page.page.stream_id, page.page.events, page.page.current_version, pagination)
         )
 
     async def read_event(self, request: web.Request) -> web.Response:
         event = await self.service.get_event(request.match_info["stream_id"], _path_int(request, "sequence"))
-        return _json_text(wire.event_text(encode_event(event)))
+        return _json_text(event_document(encode_event(event)))
 
     async def read_all(self, request: web.Request) -> web.Response:
-        documents, head = await self.service.read_all_documents(
+        documents, head = await self.service.read_all(
+            ReadForm.DOCUMENTS,
             _query_int(request, "after_sequence") or 0,
             _query_int(request, "limit"),
             request.query.getall("stream_prefix", []),
             request.query.getall("event_type", []),
         )
-        return _json_text(f'{{"events":[{",".join(documents)}],"head_sequence":{head}}}')
+        return _json_text(wire.all_events_text(documents, head))
 
     async def list_streams(self, request: web.Request) -> web.Response:
         listed = await self.service.list_streams(
