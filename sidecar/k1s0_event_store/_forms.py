@@ -21,7 +21,10 @@ from ._model import EventEnvelope
 T = TypeVar("T")
 #: What a store converts from (its rows, its envelopes, the messages it received).
 R = TypeVar("R")
+X = TypeVar("X")
 V = TypeVar("V")
+#: A store's converter of what it read into events of one form.
+Convert = Callable[[R], list[X]]
 
 
 class ReadForm(ABC, Generic[T]):
@@ -35,66 +38,43 @@ class ReadForm(ABC, Generic[T]):
     DOCUMENTS: ClassVar[ReadForm[str]]
 
     name: ClassVar[str]
+    #: The position of this form among the three (``pick``); ``choose`` names it in its types.
+    _index: ClassVar[int]
 
     @abstractmethod
-    def choose(
-        self,
-        envelopes: Callable[[R], list[EventEnvelope]],
-        encoded: Callable[[R], list[EncodedEvent]],
-        documents: Callable[[R], list[str]],
-    ) -> Callable[[R], list[T]]:
+    def choose(self, envelopes: Convert[R, EventEnvelope], encoded: Convert[R, EncodedEvent],
+               documents: Convert[R, str]) -> Convert[R, T]:
         """The converter for this form, out of a store's converters for all three."""
 
-    @abstractmethod
     def pick(self, envelopes: V, encoded: V, documents: V) -> V:
         """This form's value out of three of one type (e.g. the SQL columns each form selects)."""
+        return (envelopes, encoded, documents)[self._index]
 
     def __repr__(self) -> str:
         return f"ReadForm.{self.name}"
 
 
 class _Envelopes(ReadForm[EventEnvelope]):
-    name = "ENVELOPES"
+    name, _index = "ENVELOPES", 0
 
-    def choose(
-        self,
-        envelopes: Callable[[R], list[EventEnvelope]],
-        encoded: Callable[[R], list[EncodedEvent]],
-        documents: Callable[[R], list[str]],
-    ) -> Callable[[R], list[EventEnvelope]]:
-        return envelopes
-
-    def pick(self, envelopes: V, encoded: V, documents: V) -> V:
+    def choose(self, envelopes: Convert[R, EventEnvelope], encoded: Convert[R, EncodedEvent],
+               documents: Convert[R, str]) -> Convert[R, EventEnvelope]:
         return envelopes
 
 
 class _Encoded(ReadForm[EncodedEvent]):
-    name = "ENCODED"
+    name, _index = "ENCODED", 1
 
-    def choose(
-        self,
-        envelopes: Callable[[R], list[EventEnvelope]],
-        encoded: Callable[[R], list[EncodedEvent]],
-        documents: Callable[[R], list[str]],
-    ) -> Callable[[R], list[EncodedEvent]]:
-        return encoded
-
-    def pick(self, envelopes: V, encoded: V, documents: V) -> V:
+    def choose(self, envelopes: Convert[R, EventEnvelope], encoded: Convert[R, EncodedEvent],
+               documents: Convert[R, str]) -> Convert[R, EncodedEvent]:
         return encoded
 
 
 class _Documents(ReadForm[str]):
-    name = "DOCUMENTS"
+    name, _index = "DOCUMENTS", 2
 
-    def choose(
-        self,
-        envelopes: Callable[[R], list[EventEnvelope]],
-        encoded: Callable[[R], list[EncodedEvent]],
-        documents: Callable[[R], list[str]],
-    ) -> Callable[[R], list[str]]:
-        return documents
-
-    def pick(self, envelopes: V, encoded: V, documents: V) -> V:
+    def choose(self, envelopes: Convert[R, EventEnvelope], encoded: Convert[R, EncodedEvent],
+               documents: Convert[R, str]) -> Convert[R, str]:
         return documents
 
 

@@ -82,3 +82,16 @@ async def test_every_form_of_read_all_and_read_stream_agrees(stores: Stores) -> 
         assert [json.loads(d) for d in docs.events] == want, kw
         totals = {(p.stream_id, p.current_version, p.total_count) for p in (plain, page, docs)}
         assert totals == {(plain.stream_id, len(TRICKY), plain.total_count)}, kw
+
+
+def test_each_form_picks_the_value_of_the_converter_it_chooses() -> None:
+    """``pick`` (values of one type, e.g. PostgreSQL's columns) and ``choose`` (typed converters)
+    name the same form: a store that selects a form's columns gets that form's converter."""
+
+    def named(name: str) -> Any:
+        return lambda rows: [name]
+
+    forms = (ReadForm.ENVELOPES, ReadForm.ENCODED, ReadForm.DOCUMENTS)
+    for form in forms:
+        chosen = form.choose(named("envelopes"), named("encoded"), named("documents"))(None)
+        assert chosen == [form.pick("envelopes", "encoded", "documents")] == [form.name.lower()]
