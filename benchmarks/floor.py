@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 
 #: What the sidecar answers to a 1-event append (one stored event echoed), fixed.
 RESPONSE = pb.AppendEventsResponse(

@@ -84,7 +84,7 @@ def ensure_binary() -> Path:
 
 def requests(spec: dict[str, Any]) -> tuple[list[bytes], str, int, int]:
     """The serialised requests of a spec, the method, events per call (0: count them), the counted field."""
-    from k1s0_event_store._proto import event_store_pb2 as pb
+    from k1s0_event_store.protocol import event_store_pb2 as pb
 
     kind = spec["kind"]
     out: list[bytes] = []

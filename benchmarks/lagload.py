@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 
 from .common import EVENT_TYPE, StreamChooser, Window, WorkerResult, await_window, emit, payload_json, read_spec
 

@@ -25,10 +25,12 @@ from k1s0_event_store import (
     GrpcEventStore,
     GrpcSnapshotStore,
     ValidationError,
+    event_json,
+    rfc3339,
+    snapshot_json,
+    stream_summary_json,
 )
-from k1s0_event_store._model import rfc3339
 from k1s0_event_store.error_map import ErrorCategory, kind_of
-from k1s0_sidecar._wire import event_json, snapshot_json, stream_summary_json
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130

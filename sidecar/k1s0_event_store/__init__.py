@@ -1,15 +1,43 @@
 """k1s0_event_store: append-only event streams with optimistic concurrency (seed 002).
 
-The public API is this module; everything else is private. Typical use::
+The public API is this module and the public submodules below; modules and folders whose name
+starts with ``_`` are private to this package (other packages import the names re-exported here).
+Typical use::
 
     store = PostgresEventStore(EventStoreConfig(dsn="postgresql://…", schema="orders"))
     version = await store.append(StreamId("order", "order-001"), [EventEnvelope("OrderPlaced", {...})],
                                  expected_version=0)
     events = await store.load(StreamId("order", "order-001"))
+
+Reads return envelopes unless asked for another form: ``store.read_all(0, 100, form=ReadForm.DOCUMENTS)``
+gives each event as its JSON document (``event_document``), ``ReadForm.ENCODED`` as ``EncodedEvent``.
+
+Besides the store API this module exports what the sidecar's edges share with the stores: append
+preparation from wire input (``prepare_json_event``, ``prepared_append``), the input rules
+(``validate_*``, ``MAX_*``) and the text forms (``rfc3339``, ``encode_event``, ``event_document``;
+``event_json``, ``snapshot_json``, ``stream_summary_json`` as JSON objects).
+
+Public submodules:
+
+- ``protocol``: the gRPC protocol: generated messages and stubs (``event_store_pb2``,
+  ``event_store_pb2_grpc``) and event metadata <-> protobuf (``metadata_to_pb``, ``metadata_from_pb``);
+- ``schema``: the PostgreSQL schema, its migrations, identifier quoting and lock keys;
+- ``aggregates``, ``consumer``, ``kafka_security``: aggregates on a store, the Kafka consumer;
+- ``stores.memory``, ``stores.postgres``, ``stores.remote``: the stores (also exported here).
 """
 
 from ._api import EventStore, SnapshotStore
+from ._appending import prepare_append, prepare_json_event, prepared_append
 from ._config import EventStoreConfig
+from ._encoding import (
+    EncodedEvent,
+    encode_event,
+    event_document,
+    event_json,
+    rfc3339,
+    snapshot_json,
+    stream_summary_json,
+)
 from ._errors import (
     ConcurrencyError,
     EventIdConflictError,
@@ -24,22 +52,27 @@ from ._errors import (
     UnavailableError,
     ValidationError,
 )
+from ._forms import ReadForm
 from ._json import MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, decode_json_text, encode_json, parse_json
 from ._listing import StreamList, StreamSummary
 from ._model import (
-    NO_STREAM,
     AppendRequest,
     AppendResult,
-    DocumentPage,
-    EncodedEvent,
-    EncodedPage,
     EventEnvelope,
     EventVersion,
+    PreparedEvent,
     Snapshot,
     StreamId,
     StreamPage,
-    encode_event,
-    prepare_append,
+)
+from ._validation import (
+    MAX_EVENT_TYPE_LENGTH,
+    MAX_INT64,
+    MAX_STREAM_ID_LENGTH,
+    NO_STREAM,
+    validate_filters,
+    validate_timestamp,
+    validate_version_bound,
 )
 from .aggregates import Aggregate, AggregateRepository
 from .consumer import EventConsumer, PublishedEvent, ensure_consumer_tables
@@ -51,17 +84,18 @@ from .stores.remote import GrpcEventStore, GrpcSnapshotStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_EVENT_TYPE_LENGTH",
+    "MAX_INT64",
     "MAX_JSON_DEPTH",
     "MAX_JSON_DEPTH_LIMIT",
+    "MAX_STREAM_ID_LENGTH",
     "NO_STREAM",
     "Aggregate",
     "AggregateRepository",
     "AppendRequest",
     "AppendResult",
     "ConcurrencyError",
-    "DocumentPage",
     "EncodedEvent",
-    "EncodedPage",
     "EventConsumer",
     "EventEnvelope",
     "EventIdConflictError",
@@ -80,7 +114,9 @@ __all__ = [
     "PermissionDeniedError",
     "PostgresEventStore",
     "PostgresSnapshotStore",
+    "PreparedEvent",
     "PublishedEvent",
+    "ReadForm",
     "Snapshot",
     "SnapshotNotFoundError",
     "SnapshotStore",
@@ -99,6 +135,16 @@ __all__ = [
     "encode_event",
     "encode_json",
     "ensure_consumer_tables",
+    "event_document",
+    "event_json",
     "parse_json",
     "prepare_append",
+    "prepare_json_event",
+    "prepared_append",
+    "rfc3339",
+    "snapshot_json",
+    "stream_summary_json",
+    "validate_filters",
+    "validate_timestamp",
+    "validate_version_bound",
 ]

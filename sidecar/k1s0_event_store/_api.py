@@ -9,11 +9,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, overload
 
+from ._appending import prepare_append
 from ._errors import EventStoreError
+from ._forms import ReadForm
 from ._listing import StreamList
-from ._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage, prepare_append
+from ._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage
+
+T = TypeVar("T")
 
 
 class EventStore(ABC):
@@ -56,7 +60,7 @@ class EventStore(ABC):
     ) -> list[EventEnvelope]:
         """The stream's events with ``from_version <= version <= to_version``; ``[]`` if none."""
 
-    @abstractmethod
+    @overload
     async def read_stream(
         self,
         stream_id: StreamId | str,
@@ -66,14 +70,48 @@ class EventStore(ABC):
         event_type: str | None = None,
         offset: int = 0,
         limit: int | None = None,
-    ) -> StreamPage:
-        """A page of one stream; raises ``StreamNotFoundError`` for a stream with no events."""
+    ) -> StreamPage[EventEnvelope]: ...
+
+    @overload
+    async def read_stream(
+        self,
+        stream_id: StreamId | str,
+        *,
+        form: ReadForm[T],
+        from_version: int = 1,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> StreamPage[T]: ...
+
+    async def read_stream(
+        self,
+        stream_id: StreamId | str,
+        *,
+        form: ReadForm[Any] = ReadForm.ENVELOPES,
+        from_version: int = 1,
+        to_version: int | None = None,
+        event_type: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> StreamPage[Any]:
+        """A page of one stream, its events in ``form``; raises ``StreamNotFoundError`` for a stream
+        with no events."""
+        return await self._read_stream(form, stream_id, from_version, to_version, event_type, offset, limit)
+
+    @abstractmethod
+    async def _read_stream(
+        self, form: ReadForm[T], stream_id: StreamId | str, from_version: int, to_version: int | None,
+        event_type: str | None, offset: int, limit: int | None,
+    ) -> StreamPage[T]:
+        """``read_stream`` as each store implements it, for every form."""
 
     @abstractmethod
     async def get_event(self, stream_id: StreamId | str, sequence: int) -> EventEnvelope:
         """The event with this global sequence, if it belongs to this stream (else not found)."""
 
-    @abstractmethod
+    @overload
     async def read_all(
         self,
         after_sequence: int = 0,
@@ -82,12 +120,44 @@ class EventStore(ABC):
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
         until_sequence: int | None = None,
-    ) -> list[EventEnvelope]:
-        """Events of every stream with ``after_sequence < sequence <= until_sequence``, in sequence order.
+    ) -> list[EventEnvelope]: ...
+
+    @overload
+    async def read_all(
+        self,
+        after_sequence: int = 0,
+        limit: int = 1000,
+        *,
+        form: ReadForm[T],
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
+    ) -> list[T]: ...
+
+    async def read_all(
+        self,
+        after_sequence: int = 0,
+        limit: int = 1000,
+        *,
+        form: ReadForm[Any] = ReadForm.ENVELOPES,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        until_sequence: int | None = None,
+    ) -> list[Any]:
+        """Events of every stream with ``after_sequence < sequence <= until_sequence``, in sequence
+        order and in ``form``.
 
         Sequence order equals commit order: a reader that repeatedly asks for ``sequence > last``
         never misses an event that commits later with a lower sequence.
         """
+        return await self._read_all(form, after_sequence, limit, stream_prefixes, event_types, until_sequence)
+
+    @abstractmethod
+    async def _read_all(
+        self, form: ReadForm[T], after_sequence: int, limit: int, stream_prefixes: Sequence[str],
+        event_types: Sequence[str], until_sequence: int | None,
+    ) -> list[T]:
+        """``read_all`` as each store implements it, for every form."""
 
     @abstractmethod
     async def head_sequence(self) -> int:

@@ -12,8 +12,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ._appending import same_content
 from ._errors import ConcurrencyError, EventIdConflictError, EventStoreError, StreamAlreadyExistsError
-from ._model import NO_STREAM, AppendRequest, AppendResult, EventEnvelope, same_content
+from ._model import AppendRequest, AppendResult, EventEnvelope
+from ._validation import NO_STREAM
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ._errors import ValidationError
-from ._model import MAX_STREAM_ID_LENGTH, StreamId, validate_version_bound
+from ._model import StreamId
+from ._validation import MAX_STREAM_ID_LENGTH, validate_version_bound
 
 #: A prefix longer than any stream id matches nothing; refuse it instead of silently answering [].
 MAX_PREFIX_LENGTH = MAX_STREAM_ID_LENGTH

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from k1s0_event_store._model import AppendRequest, rfc3339
+from k1s0_event_store import AppendRequest, rfc3339
 
 from ._authz import Principal
 from ._errors import error_code

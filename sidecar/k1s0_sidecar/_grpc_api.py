@@ -19,20 +19,24 @@ from google.protobuf.message import DecodeError
 
 from k1s0_event_store import (
     MAX_JSON_DEPTH,
+    AppendRequest,
+    AppendResult,
     EncodedEvent,
-    EncodedPage,
     EventEnvelope,
     PermissionDeniedError,
+    PreparedEvent,
+    ReadForm,
     Snapshot,
     ValidationError,
     decode_json_text,
     encode_event,
     parse_json,
+    prepare_json_event,
+    rfc3339,
 )
-from k1s0_event_store._model import AppendRequest, AppendResult, PreparedEvent, prepare_json_event, rfc3339
-from k1s0_event_store._pbconv import metadata_from_pb, metadata_to_pb
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import metadata_from_pb, metadata_to_pb
 
 from . import _audit as audit
 from . import _tracing as tracing
@@ -228,13 +232,13 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
     async def ReadEvents(self, request: pb.ReadEventsRequest, context: Any) -> pb.ReadEventsResponse:
         page = await self.service.read_stream(
             request.stream_id,
+            ReadForm.ENCODED,
             from_version=request.from_version or None,
             to_version=request.to_version if request.HasField("to_version") else None,
             event_type=request.event_type if request.HasField("event_type") else None,
             page=request.page or None,
             page_size=request.page_size or None,
         )
-        assert isinstance(page.page, EncodedPage)
         response = pb.ReadEventsResponse(
             stream_id=str(page.page.stream_id),
             current_version=page.page.current_version,
@@ -280,6 +284,7 @@ class EventStoreServicer(pb_grpc.EventStoreServiceServicer):
 
     async def ReadAll(self, request: pb.ReadAllRequest, context: Any) -> pb.ReadAllResponse:
         events, head = await self.service.read_all(
+            ReadForm.ENCODED,
             request.after_sequence, request.limit or None, list(request.stream_prefixes), list(request.event_types)
         )
         response = pb.ReadAllResponse(head_sequence=head)

@@ -21,13 +21,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from k1s0_event_store import (
-    DocumentPage,
     PermissionDeniedError,
+    ReadForm,
     UnauthenticatedError,
     ValidationError,
     decode_json_text,
     encode_event,
+    event_document,
     parse_json,
+    snapshot_json,
+    stream_summary_json,
 )
 
 from . import _audit as audit
@@ -271,62 +274,57 @@ class RestApi:
         )
         result = appended.result
         return _json_text(
-            f'{{"stream_id":{json.dumps(str(result.stream_id), ensure_ascii=False)},'
-            f'"events":{wire.events_text(encode_appended(appended.request, result))},'
-            f'"current_version":{result.current_version}}}',
+            wire.stream_events_text(
+                result.stream_id, map(event_document, encode_appended(appended.request, result)), result.current_version
+            ),
             201,
         )
 
     async def read_events(self, request: web.Request) -> web.Response:
         page = await self.service.read_stream(
             request.match_info["stream_id"],
+            ReadForm.DOCUMENTS,
             from_version=_query_int(request, "from_version"),
             to_version=_query_int(request, "to_version"),
             event_type=request.query.get("event_type"),
             page=_query_int(request, "page"),
             page_size=_query_int(request, "page_size"),
-            documents=True,
         )
-        assert isinstance(page.page, DocumentPage)
-        pagination = json.dumps(
-            {"total_count": page.page.total_count, "page": page.number, "page_size": page.size,
-             "has_next": page.has_next},
-            separators=(",", ":"),
-        )
+        pagination = {"total_count": page.page.total_count, "page": page.number, "page_size": page.size,
+                      "has_next": page.has_next}
         return _json_text(
-            f'{{"stream_id":{json.dumps(str(page.page.stream_id), ensure_ascii=False)},'
-            f'"events":[{",".join(page.page.documents)}],"current_version":{page.page.current_version},'
-            f'"pagination":{pagination}}}'
+            wire.stream_events_text(page.page.stream_id, page.page.events, page.page.current_version, pagination)
         )
 
     async def read_event(self, request: web.Request) -> web.Response:
         event = await self.service.get_event(request.match_info["stream_id"], _path_int(request, "sequence"))
-        return _json_text(wire.event_text(encode_event(event)))
+        return _json_text(event_document(encode_event(event)))
 
     async def read_all(self, request: web.Request) -> web.Response:
-        documents, head = await self.service.read_all_documents(
+        documents, head = await self.service.read_all(
+            ReadForm.DOCUMENTS,
             _query_int(request, "after_sequence") or 0,
             _query_int(request, "limit"),
             request.query.getall("stream_prefix", []),
             request.query.getall("event_type", []),
         )
-        return _json_text(f'{{"events":[{",".join(documents)}],"head_sequence":{head}}}')
+        return _json_text(wire.all_events_text(documents, head))
 
     async def list_streams(self, request: web.Request) -> web.Response:
         listed = await self.service.list_streams(
             request.query.get("prefix", ""), request.query.get("after") or None, _query_int(request, "limit")
         )
-        streams = [wire.stream_summary_json(s) for s in listed.streams]
+        streams = [stream_summary_json(s) for s in listed.streams]
         return _json({"streams": streams, "next_after": listed.next_after})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
         version, kind, state = wire.parse_snapshot(await self._body(request))
         snap = await self.service.create_snapshot(request.match_info["stream_id"], version, kind, state)
-        return _json(wire.snapshot_json(snap, with_state=False), 201)
+        return _json(snapshot_json(snap, with_state=False), 201)
 
     async def latest_snapshot(self, request: web.Request) -> web.Response:
         snap = await self.service.latest_snapshot(request.match_info["stream_id"])
-        return _json(wire.snapshot_json(snap, with_state=True))
+        return _json(snapshot_json(snap, with_state=True))
 
     async def delete_stream(self, request: web.Request) -> web.Response:
         stream_id = request.match_info["stream_id"]

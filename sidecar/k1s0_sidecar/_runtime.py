@@ -29,7 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnapshotStore, create_pool
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import migrate, quote_ident
 from k1s0_event_store.sidecar_config import Config
 

@@ -11,16 +11,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from k1s0_event_store import (
+    MAX_INT64,
     AppendRequest,
     AppendResult,
-    DocumentPage,
     EncodedEvent,
-    EncodedPage,
     EventEnvelope,
     EventStore,
+    PreparedEvent,
+    ReadForm,
     Snapshot,
     SnapshotNotFoundError,
     SnapshotStore,
@@ -31,10 +32,6 @@ from k1s0_event_store import (
     ValidationError,
     encode_event,
     prepare_append,
-)
-from k1s0_event_store._model import (
-    MAX_INT64,
-    PreparedEvent,
     prepared_append,
     rfc3339,
     validate_timestamp,
@@ -48,7 +45,6 @@ from ._authz import Principal
 from ._group_commit import GroupCommitter
 from ._metrics import Metrics
 from ._subscriptions import SubscriptionHub
-from ._wire import event_text
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -103,14 +99,16 @@ def encode_appended(request: AppendRequest, result: AppendResult) -> list[Encode
 
 
 @dataclass(frozen=True)
-class ReadPage:
-    page: EncodedPage | DocumentPage
+class ReadPage(Generic[T]):
+    """A stream page with the page number and size it was asked for."""
+
+    page: StreamPage[T]
     number: int
     size: int
 
     @property
     def count(self) -> int:
-        return len(self.page.events) if isinstance(self.page, EncodedPage) else len(self.page.documents)
+        return len(self.page.events)
 
     @property
     def has_next(self) -> bool:
@@ -205,15 +203,15 @@ class EventStoreService:
     async def read_stream(
         self,
         stream_id: str,
+        form: ReadForm[T],
         *,
         from_version: int | None = None,
         to_version: int | None = None,
         event_type: str | None = None,
         page: int | None = None,
         page_size: int | None = None,
-        documents: bool = False,
-    ) -> ReadPage:
-        """A page of one stream. ``documents``: each event as one JSON document (REST bodies)."""
+    ) -> ReadPage[T]:
+        """A page of one stream, its events in ``form`` (each edge asks for the one it sends)."""
         if tracing.ENABLED:
             tracing.stream(stream_id)
         sid = StreamId.parse(stream_id)
@@ -231,22 +229,10 @@ class EventStoreService:
         # The page starts at version first + offset; beyond 64 bits it cannot exist (nor be sent to SQL).
         if max(first, 1) + (number - 1) * size > MAX_INT64:
             raise ValidationError("page is beyond the largest possible version (2^63-1)", field="page")
-        args: dict[str, Any] = {"from_version": first, "to_version": last, "event_type": event_type,
-                                "offset": (number - 1) * size, "limit": size}
-        # PostgreSQL renders the events where it can; nothing is decoded on the way through.
-        reader = getattr(self.store, "read_stream_documents" if documents else "read_stream_encoded", None)
-        result: EncodedPage | DocumentPage
-        if reader is not None:
-            result = await reader(sid, **args)
-        else:
-            plain: StreamPage = await self.store.read_stream(sid, **args)
-            encoded = [encode_event(e) for e in plain.events]
-            result = (
-                DocumentPage(plain.stream_id, [event_text(e) for e in encoded], plain.current_version,
-                             plain.total_count)
-                if documents
-                else EncodedPage(plain.stream_id, encoded, plain.current_version, plain.total_count)
-            )
+        result = await self.store.read_stream(
+            sid, form=form, from_version=first, to_version=last, event_type=event_type,
+            offset=(number - 1) * size, limit=size,
+        )
         self.metrics.reads.labels("stream").inc()
         return ReadPage(result, number, size)
 
@@ -260,56 +246,23 @@ class EventStoreService:
 
     async def read_all(
         self,
+        form: ReadForm[T],
         after_sequence: int = 0,
         limit: int | None = None,
         stream_prefixes: Sequence[str] = (),
         event_types: Sequence[str] = (),
-    ) -> tuple[list[EncodedEvent], int]:
-        """Every stream's events after ``after_sequence``, and the head sequence."""
-        return await self._read_all(after_sequence, limit, stream_prefixes, event_types, "read_all_encoded",
-                                    encode_event)
-
-    async def read_all_documents(
-        self,
-        after_sequence: int = 0,
-        limit: int | None = None,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-    ) -> tuple[list[str], int]:
-        """``read_all`` with each event as one JSON document (REST bodies)."""
-        return await self._read_all(after_sequence, limit, stream_prefixes, event_types, "read_all_documents",
-                                    lambda e: event_text(encode_event(e)))
-
-    async def _read_all(
-        self,
-        after_sequence: int,
-        limit: int | None,
-        stream_prefixes: Sequence[str],
-        event_types: Sequence[str],
-        rendered: str,
-        render: Callable[[EventEnvelope], T],
     ) -> tuple[list[T], int]:
-        """Read through the store's ``rendered`` method (PostgreSQL renders the events), or through
-        ``read_all`` and ``render`` for stores that have no such method."""
-        count, kw = self._read_all_args(after_sequence, limit, stream_prefixes, event_types)
-        head = await self.store.head_sequence()
-        reader = getattr(self.store, rendered, None)
-        if reader is not None:
-            events: list[T] = await reader(after_sequence, count, **kw)
-        else:
-            events = [render(e) for e in await self.store.read_all(after_sequence, count, **kw)]
-        self.metrics.reads.labels("all").inc()
-        return events, head
-
-    @staticmethod
-    def _read_all_args(
-        after_sequence: int, limit: int | None, stream_prefixes: Sequence[str], event_types: Sequence[str]
-    ) -> tuple[int, dict[str, Any]]:
+        """Every stream's events after ``after_sequence`` in ``form``, and the head sequence."""
         validate_version_bound(after_sequence, "after_sequence", 0)
         count = READ_ALL_DEFAULT if not limit else validate_version_bound(limit, "limit", 1)
         if count > READ_ALL_MAX:
             raise ValidationError(f"limit must be at most {READ_ALL_MAX}", field="limit")
-        return count, {"stream_prefixes": list(stream_prefixes), "event_types": list(event_types)}
+        head = await self.store.head_sequence()
+        events = await self.store.read_all(
+            after_sequence, count, form=form, stream_prefixes=list(stream_prefixes), event_types=list(event_types)
+        )
+        self.metrics.reads.labels("all").inc()
+        return events, head
 
     async def list_streams(self, prefix: str = "", after: str | None = None, limit: int | None = None) -> StreamList:
         """Streams by last activity, newest first; ``limit`` like a stream read's ``page_size``."""

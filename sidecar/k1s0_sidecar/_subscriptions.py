@@ -40,14 +40,17 @@ from typing import Any, TypeVar
 import asyncpg
 
 from k1s0_event_store import (
+    MAX_EVENT_TYPE_LENGTH,
     EncodedEvent,
     PostgresEventStore,
+    ReadForm,
     StreamId,
     StreamNotFoundError,
     UnavailableError,
     ValidationError,
+    validate_filters,
+    validate_version_bound,
 )
-from k1s0_event_store._model import MAX_EVENT_TYPE_LENGTH, validate_filters, validate_version_bound
 from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
 
 from ._group_commit import CHASE_STEP, CHASES
@@ -268,7 +271,7 @@ class SubscriptionHub:
                 if not self._subscribers:
                     continue  # nobody live: no query at all (registration reads the head itself)
                 while True:
-                    events = await self.store.read_all_encoded(self.head, 1000)
+                    events = await self.store.read_all(self.head, 1000, form=ReadForm.ENCODED)
                     for event in events:
                         self._dispatch(event)
                     if len(events) < 1000:
@@ -380,7 +383,9 @@ class SubscriptionHub:
         position = await self.store.head_sequence() if from_end else after_sequence
         while True:
             while True:  # catch-up from the database
-                page = await self.store.read_all_encoded(position, _PAGE, stream_prefixes=prefixes, event_types=types)
+                page = await self.store.read_all(
+                    position, _PAGE, form=ReadForm.ENCODED, stream_prefixes=prefixes, event_types=types
+                )
                 if page:
                     position = page[-1].sequence
                     yield [Delivery(e) for e in page]
@@ -390,8 +395,9 @@ class SubscriptionHub:
             head = await self._register(sub)
             try:
                 while position < head:  # what committed before registration: from the database
-                    page = await self.store.read_all_encoded(
-                        position, _PAGE, stream_prefixes=prefixes, event_types=types, until_sequence=head
+                    page = await self.store.read_all(
+                        position, _PAGE, form=ReadForm.ENCODED, stream_prefixes=prefixes, event_types=types,
+                        until_sequence=head,
                     )
                     if page:
                         position = page[-1].sequence
@@ -429,8 +435,8 @@ class SubscriptionHub:
     async def _page(self, sid: StreamId, after_version: int) -> list[EncodedEvent]:
         """Up to ``_PAGE`` events of the stream after ``after_version``; none if it does not exist."""
         try:
-            page = await self.store.read_stream_encoded(
-                sid, from_version=after_version + 1, to_version=after_version + _PAGE
+            page = await self.store.read_stream(
+                sid, form=ReadForm.ENCODED, from_version=after_version + 1, to_version=after_version + _PAGE
             )
         except StreamNotFoundError:
             return []

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from k1s0_event_store import EncodedEvent, EventEnvelope, Snapshot, StreamSummary, ValidationError, encode_event
-from k1s0_event_store._model import rfc3339, validate_timestamp
+from k1s0_event_store import (
+    EncodedEvent,
+    EventEnvelope,
+    StreamId,
+    ValidationError,
+    event_document,
+    rfc3339,
+    validate_timestamp,
+)
 
 _EVENT_KEYS = {"event_type", "payload", "metadata", "event_id", "occurred_at"}
 _APPEND_KEYS = {"events", "expected_version"}
@@ -117,45 +124,31 @@ def parse_snapshot(body: object) -> tuple[int, str | None, Any]:
     return version, kind, data["state"]
 
 
-def _str(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
+# Stored events are JSON documents rendered once (``event_document``, or by PostgreSQL) and spliced
+# into these bodies as text: nothing is parsed or serialised again on the way out.
 
 
-def event_text(e: EncodedEvent) -> str:
-    """A StoredEvent as JSON text, with the payload and metadata spliced in as they were encoded."""
+def stream_events_text(
+    stream_id: StreamId, documents: Iterable[str], current_version: int, pagination: Mapping[str, Any] | None = None
+) -> str:
+    """A stream's events (an append's answer; a page of a stream read, with its ``pagination``)."""
+    paged = "" if pagination is None else f',"pagination":{json.dumps(pagination, separators=(",", ":"))}'
     return (
-        f'{{"stream_id":{_str(e.stream_id)},"sequence":{e.sequence},"event_type":{_str(e.event_type)},'
-        f'"version":{e.version},"payload":{e.payload_json},"metadata":{e.metadata_json},'
-        f'"occurred_at":"{e.occurred_at}","stored_at":"{e.stored_at}","event_id":"{e.event_id}"}}'
+        f'{{"stream_id":{json.dumps(str(stream_id), ensure_ascii=False)},"events":[{",".join(documents)}],'
+        f'"current_version":{current_version}{paged}}}'
     )
 
 
+def all_events_text(documents: Iterable[str], head_sequence: int) -> str:
+    """A page of the global log (``GET /api/v1/events``)."""
+    return f'{{"events":[{",".join(documents)}],"head_sequence":{head_sequence}}}'
+
+
 def sse_frame(event: EncodedEvent) -> bytes:
-    """An event as one server-sent event: its sequence as the id, the StoredEvent JSON as data."""
-    return f"id: {event.sequence}\ndata: {event_text(event)}\n\n".encode()
+    """An event as one server-sent event: its sequence as the id, the stored-event document as data."""
+    return f"id: {event.sequence}\ndata: {event_document(event)}\n\n".encode()
 
 
-def events_text(events: list[EncodedEvent]) -> str:
-    return "[" + ",".join(map(event_text, events)) + "]"
-
-
-def event_json(e: EventEnvelope) -> dict[str, Any]:
-    """A StoredEvent as a JSON object (the CLI's output): the same shape as ``event_text``."""
-    result: dict[str, Any] = json.loads(event_text(encode_event(e)))
-    return result
-
-
-def snapshot_json(s: Snapshot, *, with_state: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": s.id,
-        "stream_id": str(s.stream_id),
-        "snapshot_version": s.version,
-        "aggregate_type": s.aggregate_type,
-    }
-    if with_state:
-        body["state"] = s.state
-    body["created_at"] = rfc3339(s.taken_at)
-    return body
 
 
 def published_message(e: EventEnvelope) -> dict[str, Any]:
@@ -171,9 +164,3 @@ def published_message(e: EventEnvelope) -> dict[str, Any]:
         "occurred_at": rfc3339(e.occurred_at),
         "stored_at": rfc3339(e.stored_at),
     }
-
-
-def stream_summary_json(s: StreamSummary) -> dict[str, Any]:
-    """One stream of a listing (``GET /api/v1/streams``)."""
-    return {"stream_id": str(s.stream_id), "aggregate_type": s.aggregate_type, "current_version": s.current_version,
-            "updated_at": rfc3339(s.updated_at)}

@@ -18,8 +18,8 @@ import aiohttp
 import grpc
 import pytest
 
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._authz import Role
 from k1s0_sidecar._errors import error_info_from_call
 from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims, forge

@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks import grpcgo
 from benchmarks.cases import FLOOR_TARGETS, Case, all_cases, targets
 from benchmarks.common import PAYLOAD_BYTES, StreamChooser, latency_summary, payload_json, percentile
-from k1s0_event_store._proto import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
 

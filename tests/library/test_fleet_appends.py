@@ -19,6 +19,7 @@ from k1s0_event_store import (
     EventStoreConfig,
     EventStoreError,
     PostgresEventStore,
+    ReadForm,
     ValidationError,
     prepare_append,
 )
@@ -252,7 +253,7 @@ async def test_a_later_commit_is_not_read_past_an_earlier_append_still_committin
         seen = [e.sequence for e in await store.read_all(0)]
         assert later not in seen and low not in seen
         assert await store.head_sequence() < low
-        assert [e.stream_id for e in await store.read_all_encoded(0)] == ["before"]
+        assert [e.stream_id for e in await store.read_all(0, form=ReadForm.ENCODED)] == ["before"]
         await held.execute("COMMIT")
         assert [(e.stream, e.sequence) for e in await store.read_all(0)][-2:] == [("held-1", low), ("later-1", later)]
         assert await store.head_sequence() == later

@@ -7,7 +7,7 @@ import aiohttp
 import grpc
 import pytest
 
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from tests.conftest import create_schema, drop_schema
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar

@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from k1s0_event_store._proto import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2 as pb
 
 API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 

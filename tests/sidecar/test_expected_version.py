@@ -25,8 +25,8 @@ import pytest
 from grpc_tools import protoc
 
 from k1s0_event_store import ConcurrencyError, EventEnvelope, GrpcEventStore, StreamAlreadyExistsError
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._errors import error_info_from_call
 from tests.support.sidecar import ServedSidecar
 

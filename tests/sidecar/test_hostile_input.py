@@ -15,8 +15,8 @@ import grpc
 import pytest
 import yarl
 
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._errors import error_info_from_call
 from tests.conftest import create_schema, drop_schema
 from tests.support.bursts import metric, wait_for

@@ -18,8 +18,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._errors import error_info_from_call
 from tests.support.bursts import raw_append_request, raw_event
 from tests.support.sidecar import ServedSidecar

@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 import pytest
 
-from k1s0_event_store._proto import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2 as pb
 from k1s0_sidecar._console import CONTENT_SECURITY_POLICY
 from tests.sidecar.test_rest import RFC3339_MS, _call, assert_error
 

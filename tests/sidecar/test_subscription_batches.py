@@ -18,8 +18,8 @@ import grpc
 import pytest
 
 from k1s0_event_store import EventEnvelope, GrpcEventStore
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._subscriptions import BATCH_LIMIT
 from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from k1s0_event_store import EncodedEvent, EventEnvelope, EventStoreConfig, PostgresEventStore, StreamId
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._errors import error_info_from_call
 from k1s0_sidecar._subscriptions import SubscriptionHub
 from k1s0_sidecar._wire import sse_frame

@@ -21,7 +21,7 @@ import asyncpg
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from k1s0_event_store._proto import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2 as pb
 from k1s0_event_store.schema import append_lock_key
 from k1s0_sidecar._errors import error_info_from_call
 

@@ -7,26 +7,37 @@ import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .._api import EventStore, SnapshotStore
 from .._batch import Write, plan, results
+from .._encoding import EncodedEvent, encode_event, event_document
 from .._errors import EventNotFoundError, EventStoreError, StreamNotFoundError, ValidationError
+from .._forms import ReadForm
+from .._json import encode_json
 from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
-from .._model import (
-    MAX_EVENT_TYPE_LENGTH,
-    AppendRequest,
-    AppendResult,
-    EventEnvelope,
-    Snapshot,
-    StreamId,
-    StreamPage,
-    encode_json,
-    envelope_from_prepared,
-    validate_name,
-    validate_read_all,
-    validate_version_bound,
-)
+from .._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage
+from .._validation import MAX_EVENT_TYPE_LENGTH, validate_name, validate_read_all, validate_version_bound
+from ._shared import envelope_from_prepared
+
+T = TypeVar("T")
+
+
+def _same(events: list[EventEnvelope]) -> list[EventEnvelope]:
+    return events
+
+
+def _encoded(events: list[EventEnvelope]) -> list[EncodedEvent]:
+    return [encode_event(e) for e in events]
+
+
+def _documents(events: list[EventEnvelope]) -> list[str]:
+    return [event_document(encode_event(e)) for e in events]
+
+
+def _in_form(form: ReadForm[T], events: list[EventEnvelope]) -> list[T]:
+    """The envelopes this store holds in ``form``: the other two forms are encoded from them."""
+    return form.choose(_same, _encoded, _documents)(events)
 
 
 class InMemoryEventStore(EventStore):
@@ -80,16 +91,10 @@ class InMemoryEventStore(EventStore):
             if (e.version or 0) >= from_version and (to_version is None or (e.version or 0) <= to_version)
         ]
 
-    async def read_stream(
-        self,
-        stream_id: StreamId | str,
-        *,
-        from_version: int = 1,
-        to_version: int | None = None,
-        event_type: str | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> StreamPage:
+    async def _read_stream(
+        self, form: ReadForm[T], stream_id: StreamId | str, from_version: int, to_version: int | None,
+        event_type: str | None, offset: int, limit: int | None,
+    ) -> StreamPage[T]:
         sid = StreamId.of(stream_id)
         if event_type is not None:
             validate_name(event_type, "event_type", MAX_EVENT_TYPE_LENGTH)
@@ -103,7 +108,7 @@ class InMemoryEventStore(EventStore):
         ]
         validate_version_bound(offset, "offset")
         page = selected[offset:] if limit is None else selected[offset : offset + limit]
-        return StreamPage(sid, page, len(events), len(selected))
+        return StreamPage(sid, _in_form(form, page), len(events), len(selected))
 
     async def get_event(self, stream_id: StreamId | str, sequence: int) -> EventEnvelope:
         sid = StreamId.of(stream_id)
@@ -113,15 +118,10 @@ class InMemoryEventStore(EventStore):
                 return e
         raise EventNotFoundError(str(sid), sequence)
 
-    async def read_all(
-        self,
-        after_sequence: int = 0,
-        limit: int = 1000,
-        *,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-        until_sequence: int | None = None,
-    ) -> list[EventEnvelope]:
+    async def _read_all(
+        self, form: ReadForm[T], after_sequence: int, limit: int, stream_prefixes: Sequence[str],
+        event_types: Sequence[str], until_sequence: int | None,
+    ) -> list[T]:
         stream_prefixes, event_types = validate_read_all(
             after_sequence, limit, stream_prefixes, event_types, until_sequence
         )
@@ -138,7 +138,7 @@ class InMemoryEventStore(EventStore):
             out.append(e)
             if len(out) >= limit:
                 break
-        return out
+        return _in_form(form, out)
 
     async def head_sequence(self) -> int:
         return self._all[-1].sequence or 0 if self._all else 0

@@ -1,7 +1,8 @@
 """PostgreSQL stores on asyncpg (pooled).
 
 Every append runs the shared decision (``_batch.plan``) under the schema's append lock; see
-``_schema`` for why that lock makes sequence order equal commit order. Reads never lock.
+``k1s0_event_store.schema`` (the advisory lock and ``safe_sequence``) for why sequence order equals
+commit order. Reads never lock.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from .._api import EventStore, SnapshotStore
 from .._batch import Decision, Write, plan, results
 from .._config import EventStoreConfig
+from .._encoding import STORED_EVENT, EncodedEvent, Written
 from .._errors import (
     EventNotFoundError,
     EventStoreError,
@@ -28,48 +30,56 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._forms import ReadForm
+from .._json import encode_json
 from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
-from .._model import (
-    MAX_EVENT_TYPE_LENGTH,
-    AppendRequest,
-    AppendResult,
-    DocumentPage,
-    EncodedEvent,
-    EncodedPage,
-    EventEnvelope,
-    Snapshot,
-    StreamId,
-    StreamPage,
-    encode_json,
-    envelope_from_prepared,
-    validate_name,
-    validate_read_all,
-    validate_version_bound,
-)
+from .._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage
+from .._validation import MAX_EVENT_TYPE_LENGTH, validate_name, validate_read_all, validate_version_bound
 from ..schema import append_lock_key, quote_ident
+from ._shared import envelope_from_prepared
 from .memory import new_snapshot_id
 
+T = TypeVar("T")
+
 _EVENT_COLUMNS = "sequence, event_id, stream_id, version, event_type, payload, metadata, occurred_at, stored_at"
-# The same columns ready for the wire: JSON as text, times as seed 000's RFC 3339 with milliseconds
-# (to_char's MS truncates, like Python's isoformat(timespec="milliseconds")).
+# Times as the API's RFC 3339 with milliseconds (to_char's MS truncates, like Python's
+# isoformat(timespec="milliseconds")).
 _TEXT_TS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"')"""
-_TS = _TEXT_TS + " AS {0}"
-# Each event as one JSON document (seed 000's StoredEvent), built by PostgreSQL: for REST bodies.
-# Concatenated rather than json_build_object'ed: the same JSON, about 40 % more rows per second on
-# a read-all page (json_build_object re-parses every argument's output). Every column is NOT NULL
-# (concat would drop a NULL), strings go through to_json for escaping, payload and metadata are
-# jsonb's own text, and uuids and the formatted times need no escaping.
-_DOCUMENT_COLUMNS = (
-    """sequence, concat('{"stream_id":', to_json(stream_id), ',"sequence":', sequence,"""
-    """ ',"event_type":', to_json(event_type), ',"version":', version, ',"payload":', payload,"""
-    f""" ',"metadata":', metadata, ',"occurred_at":"', {_TEXT_TS.format('occurred_at')},"""
-    f""" '","stored_at":"', {_TEXT_TS.format('stored_at')}, '","event_id":"', event_id, '"}}') AS doc"""
+# Each value of the stored-event document (``STORED_EVENT``) as text: JSON as jsonb's own text,
+# times formatted, uuids as text.
+_TEXT = {
+    Written.STRING: "{0}", Written.NUMBER: "{0}", Written.JSON: "{0}::text", Written.TIME: _TEXT_TS,
+    Written.UUID: "{0}::text",
+}
+# In EncodedEvent's field order (it follows STORED_EVENT): a row becomes one with
+# ``EncodedEvent._make`` (see ``_encoded``).
+_ENCODED_COLUMNS = ", ".join(
+    f.key if _TEXT[f.written] == "{0}" else f"{_TEXT[f.written].format(f.key)} AS {f.key}" for f in STORED_EVENT
 )
-# In EncodedEvent's field order: a row becomes one with ``EncodedEvent._make`` (see ``_encoded``).
-_ENCODED_COLUMNS = (
-    "stream_id, sequence, event_type, version, payload::text AS payload, metadata::text AS metadata,"
-    f" {_TS.format('occurred_at')}, {_TS.format('stored_at')}, event_id::text AS event_id"
-)
+# Inside the document: strings through to_json for escaping, the rest spliced in as text; times and
+# uuids need no escaping, so only their quotes are added.
+_IN_DOCUMENT = {**_TEXT, Written.STRING: "to_json({0})", Written.JSON: "{0}", Written.UUID: "{0}"}
+
+
+def _document_columns() -> str:
+    """Each event as its JSON document (``STORED_EVENT``), built by PostgreSQL: for REST bodies.
+
+    Concatenated rather than json_build_object'ed: the same JSON, about 40 % more rows per second
+    on a read-all page (json_build_object re-parses every argument's output). Every column is NOT
+    NULL (concat would drop a NULL). ``sequence`` comes first, outside the document: stream pages
+    tell a missing row by it."""
+    parts: list[str] = []
+    text = "{"
+    for i, f in enumerate(STORED_EVENT):
+        quote = '"' if f.written in (Written.TIME, Written.UUID) else ""
+        text += ("," if i else "") + f'"{f.key}":' + quote
+        parts += ["'" + text.replace("'", "''") + "'", _IN_DOCUMENT[f.written].format(f.key)]
+        text = quote
+    parts.append("'" + (text + "}").replace("'", "''") + "'")
+    return f"sequence, concat({', '.join(parts)}) AS doc"
+
+
+_DOCUMENT_COLUMNS = _document_columns()
 # A lost connection, a server shutting down or starting (57P0x), a refused or timed-out connect:
 # the request may succeed later, so it is UNAVAILABLE (503), never an internal error.
 _CONNECTION_ERRORS = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -167,10 +177,22 @@ def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelop
 envelope_from_row = _envelope
 
 
+def _envelopes(rows: list[asyncpg.Record], streams: dict[str, StreamId]) -> list[EventEnvelope]:
+    return [_envelope(r, streams) for r in rows]
+
+
 #: A row of ``_ENCODED_COLUMNS`` as an EncodedEvent: the columns are in the tuple's field order, so
 #: the record is copied in C (``tuple.__new__``), a third of the cost of passing nine fields by name
 #: or position; this is the hot loop of every read the edges serve.
 _encoded: Callable[[asyncpg.Record], EncodedEvent] = EncodedEvent._make
+
+
+def _encoded_rows(rows: list[asyncpg.Record]) -> list[EncodedEvent]:
+    return [_encoded(r) for r in rows]
+
+
+def _documents(rows: list[asyncpg.Record]) -> list[str]:
+    return [r["doc"] for r in rows]
 
 
 @dataclass(slots=True)
@@ -426,53 +448,18 @@ class PostgresEventStore(_PoolOwner, EventStore):
         cache = {str(sid): sid}
         return [_envelope(r, cache) for r in rows]
 
-    async def read_stream(
-        self,
-        stream_id: StreamId | str,
-        *,
-        from_version: int = 1,
-        to_version: int | None = None,
-        event_type: str | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> StreamPage:
+    async def _read_stream(
+        self, form: ReadForm[T], stream_id: StreamId | str, from_version: int, to_version: int | None,
+        event_type: str | None, offset: int, limit: int | None,
+    ) -> StreamPage[T]:
         sid = StreamId.of(stream_id)
-        rows, current, total = await self._page(sid, _EVENT_COLUMNS, from_version, to_version, event_type,
-                                                offset, limit)
-        cache = {str(sid): sid}
-        return StreamPage(sid, [_envelope(r, cache) for r in rows], current, total)
-
-    async def read_stream_encoded(
-        self,
-        stream_id: StreamId | str,
-        *,
-        from_version: int = 1,
-        to_version: int | None = None,
-        event_type: str | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> EncodedPage:
-        """``read_stream`` for the protocol edges: the events as PostgreSQL renders them, undecoded."""
-        sid = StreamId.of(stream_id)
-        rows, current, total = await self._page(sid, _ENCODED_COLUMNS, from_version, to_version, event_type,
-                                                offset, limit)
-        return EncodedPage(sid, [_encoded(r[1:]) for r in rows], current, total)
-
-    async def read_stream_documents(
-        self,
-        stream_id: StreamId | str,
-        *,
-        from_version: int = 1,
-        to_version: int | None = None,
-        event_type: str | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> DocumentPage:
-        """``read_stream`` as JSON documents built by PostgreSQL (the REST body's events)."""
-        sid = StreamId.of(stream_id)
-        rows, current, total = await self._page(sid, _DOCUMENT_COLUMNS, from_version, to_version, event_type,
-                                                offset, limit)
-        return DocumentPage(sid, [r["doc"] for r in rows], current, total)
+        columns = form.pick(_EVENT_COLUMNS, _ENCODED_COLUMNS, _DOCUMENT_COLUMNS)
+        rows, current, total = await self._page(sid, columns, from_version, to_version, event_type, offset, limit)
+        # Each row starts with the stream's current version (see _page).
+        convert = form.choose(
+            lambda rs: _envelopes(rs, {str(sid): sid}), lambda rs: [_encoded(r[1:]) for r in rs], _documents
+        )
+        return StreamPage(sid, convert(rows), current, total)
 
     async def _page(
         self, sid: StreamId, columns: str, from_version: int, to_version: int | None, event_type: str | None,
@@ -536,46 +523,13 @@ class PostgresEventStore(_PoolOwner, EventStore):
             raise EventNotFoundError(str(sid), sequence)
         return _envelope(row, {str(sid): sid})
 
-    async def read_all(
-        self,
-        after_sequence: int = 0,
-        limit: int = 1000,
-        *,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-        until_sequence: int | None = None,
-    ) -> list[EventEnvelope]:
-        rows = await self._all(_EVENT_COLUMNS, after_sequence, limit, stream_prefixes, event_types, until_sequence)
-        cache: dict[str, StreamId] = {}
-        return [_envelope(r, cache) for r in rows]
-
-    async def read_all_encoded(
-        self,
-        after_sequence: int = 0,
-        limit: int = 1000,
-        *,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-        until_sequence: int | None = None,
-    ) -> list[EncodedEvent]:
-        """``read_all`` for the protocol edges: the events as PostgreSQL renders them, undecoded."""
-        rows = await self._all(_ENCODED_COLUMNS, after_sequence, limit, stream_prefixes, event_types,
-                               until_sequence)
-        return [_encoded(r) for r in rows]
-
-    async def read_all_documents(
-        self,
-        after_sequence: int = 0,
-        limit: int = 1000,
-        *,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-        until_sequence: int | None = None,
-    ) -> list[str]:
-        """``read_all`` as JSON documents built by PostgreSQL (the REST body's events)."""
-        rows = await self._all(_DOCUMENT_COLUMNS, after_sequence, limit, stream_prefixes, event_types,
-                               until_sequence)
-        return [r["doc"] for r in rows]
+    async def _read_all(
+        self, form: ReadForm[T], after_sequence: int, limit: int, stream_prefixes: Sequence[str],
+        event_types: Sequence[str], until_sequence: int | None,
+    ) -> list[T]:
+        columns = form.pick(_EVENT_COLUMNS, _ENCODED_COLUMNS, _DOCUMENT_COLUMNS)
+        rows = await self._all(columns, after_sequence, limit, stream_prefixes, event_types, until_sequence)
+        return form.choose(lambda rs: _envelopes(rs, {}), _encoded_rows, _documents)(rows)
 
     async def _all(
         self, columns: str, after_sequence: int, limit: int, stream_prefixes: Sequence[str],

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import grpc
 
 from .._api import EventStore, SnapshotStore
+from .._encoding import EncodedEvent, event_document
 from .._errors import (
     EventNotFoundError,
     EventStoreError,
@@ -30,24 +31,16 @@ from .._errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .._json import MAX_JSON_DEPTH_LIMIT
+from .._forms import ReadForm
+from .._json import MAX_JSON_DEPTH_LIMIT, encode_json
 from .._listing import StreamList, StreamSummary, validate_list_streams
-from .._model import (
-    AppendRequest,
-    AppendResult,
-    EventEnvelope,
-    Snapshot,
-    StreamId,
-    StreamPage,
-    encode_json,
-    validate_read_all,
-    validate_version_bound,
-)
-from .._pbconv import metadata_from_pb, metadata_to_pb
-from .._proto import event_store_pb2 as pb
-from .._proto import event_store_pb2_grpc as pb_grpc
+from .._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage
 from .._tracing import context_metadata
+from .._validation import validate_read_all, validate_version_bound
 from ..error_map import error_info, from_wire
+from ..protocol import event_store_pb2 as pb
+from ..protocol import event_store_pb2_grpc as pb_grpc
+from ..protocol import metadata_from_pb, metadata_to_pb
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
@@ -78,6 +71,32 @@ def _envelope(e: pb.StoredEvent, cache: dict[str, StreamId]) -> EventEnvelope:
         sequence=e.sequence,
         stored_at=_time(e.stored_at),
     )
+
+
+def _encoded(e: pb.StoredEvent) -> EncodedEvent:
+    """An event as the sidecar sent it, its payload text kept (never decoded)."""
+    metadata = metadata_from_pb(e.metadata, max_depth=MAX_JSON_DEPTH_LIMIT)
+    return EncodedEvent(
+        e.stream_id, e.sequence, e.event_type, e.version, e.payload_json.decode(),
+        json.dumps(metadata, ensure_ascii=False, separators=(",", ":")), e.occurred_at, e.stored_at, e.event_id,
+    )
+
+
+def _all_encoded(events: Sequence[pb.StoredEvent]) -> list[EncodedEvent]:
+    return [_encoded(e) for e in events]
+
+
+def _documents(events: Sequence[pb.StoredEvent]) -> list[str]:
+    return [event_document(_encoded(e)) for e in events]
+
+
+def _in_form(form: ReadForm[T], events: Sequence[pb.StoredEvent], cache: dict[str, StreamId]) -> list[T]:
+    """The sidecar's events in ``form``, each converted from the message itself."""
+
+    def envelopes(events: Sequence[pb.StoredEvent]) -> list[EventEnvelope]:
+        return [_envelope(e, cache) for e in events]
+
+    return form.choose(envelopes, _all_encoded, _documents)(events)
 
 
 def decode_error(error: grpc.aio.AioRpcError, stream_id: str = "") -> EventStoreError:
@@ -203,16 +222,10 @@ class GrpcEventStore(_Client, EventStore):
             return []
         return out
 
-    async def read_stream(
-        self,
-        stream_id: StreamId | str,
-        *,
-        from_version: int = 1,
-        to_version: int | None = None,
-        event_type: str | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> StreamPage:
+    async def _read_stream(
+        self, form: ReadForm[T], stream_id: StreamId | str, from_version: int, to_version: int | None,
+        event_type: str | None, offset: int, limit: int | None,
+    ) -> StreamPage[T]:
         sid = StreamId.of(stream_id)
         validate_version_bound(offset, "offset")
         kw: dict[str, Any] = {"from_version": max(from_version, 1), "page": offset // _PAGE + 1}
@@ -224,12 +237,12 @@ class GrpcEventStore(_Client, EventStore):
         if event_type is not None:
             kw["event_type"] = event_type
         cache = {str(sid): sid}
-        events: list[EventEnvelope] = []
+        events: list[T] = []
         skip = offset % _PAGE
         current = total = 0
         async for resp in self._pages(sid, **kw):
             current, total = resp.current_version, resp.total_count
-            chunk = [_envelope(e, cache) for e in resp.events][skip:]
+            chunk = _in_form(form, resp.events[skip:], cache)
             skip = 0
             events.extend(chunk)
             if limit is not None and len(events) >= limit:
@@ -249,20 +262,14 @@ class GrpcEventStore(_Client, EventStore):
             raise EventNotFoundError(str(sid), sequence) from None
         return _envelope(resp.event, {str(sid): sid})
 
-    async def read_all(
-        self,
-        after_sequence: int = 0,
-        limit: int = 1000,
-        *,
-        stream_prefixes: Sequence[str] = (),
-        event_types: Sequence[str] = (),
-        until_sequence: int | None = None,
-    ) -> list[EventEnvelope]:
+    async def _read_all(
+        self, form: ReadForm[T], after_sequence: int, limit: int, stream_prefixes: Sequence[str],
+        event_types: Sequence[str], until_sequence: int | None,
+    ) -> list[T]:
         stream_prefixes, event_types = validate_read_all(
             after_sequence, limit, stream_prefixes, event_types, until_sequence
         )
-        out: list[EventEnvelope] = []
-        cache: dict[str, StreamId] = {}
+        out: list[pb.StoredEvent] = []
         position = after_sequence
         while len(out) < limit:
             resp = await self._call(
@@ -272,12 +279,12 @@ class GrpcEventStore(_Client, EventStore):
             )
             for e in resp.events:
                 if until_sequence is not None and e.sequence > until_sequence:
-                    return out
-                out.append(_envelope(e, cache))
+                    return _in_form(form, out, {})
+                out.append(e)
             if not resp.events or len(resp.events) < min(1000, limit - len(out) + len(resp.events)):
                 break
             position = resp.events[-1].sequence
-        return out
+        return _in_form(form, out, {})
 
     async def head_sequence(self) -> int:
         resp = await self._call(self._stub.ReadAll, pb.ReadAllRequest(limit=1))

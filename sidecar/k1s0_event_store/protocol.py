@@ -1,8 +1,15 @@
-"""Event metadata <-> protobuf, shared by the sidecar's gRPC edge and the gRPC client store.
+"""The gRPC protocol, public: the generated messages and stubs, and event metadata <-> protobuf.
 
-The three standard keys travel as typed fields when they are strings; every other key (and a
-standard key whose value is not a string, such as ``null``) travels in ``extra_json``, so
-metadata round-trips exactly.
+``event_store_pb2`` (messages) and ``event_store_pb2_grpc`` (the servicer base and the client stub)
+are generated from ``proto/`` into the private ``_proto`` package; this module is how code outside
+the library reaches them (the sidecar's gRPC edge, tools and tests)::
+
+    from k1s0_event_store.protocol import event_store_pb2 as pb, event_store_pb2_grpc as pb_grpc
+
+Event metadata: the three standard keys travel as typed fields when they are strings; every other
+key (and a standard key whose value is not a string, such as ``null``) travels in ``extra_json``,
+so metadata round-trips exactly. The sidecar's gRPC edge and the gRPC client store both convert
+with ``metadata_to_pb`` and ``metadata_from_pb``.
 """
 
 from __future__ import annotations
@@ -12,7 +19,10 @@ from typing import Any, Literal
 
 from ._errors import ValidationError
 from ._json import MAX_JSON_DEPTH, decode_json_text, parse_json
+from ._proto import event_store_pb2, event_store_pb2_grpc
 from ._proto import event_store_pb2 as pb
+
+__all__ = ["TYPED_KEYS", "event_store_pb2", "event_store_pb2_grpc", "metadata_from_pb", "metadata_to_pb"]
 
 TYPED_KEYS: tuple[Literal["actor_id", "correlation_id", "causation_id"], ...] = (
     "actor_id", "correlation_id", "causation_id",
