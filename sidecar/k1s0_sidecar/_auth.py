@@ -44,7 +44,7 @@ from k1s0_event_store.sidecar_config import AuthSection
 
 from ._authz import Authenticator, NoAuthenticator, Principal, Role
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("k1s0_sidecar.auth")  # the name people filter on; the module is private
 
 #: The only algorithms this module will ever verify, whatever the configuration says.
 SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256"})

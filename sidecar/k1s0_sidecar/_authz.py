@@ -15,7 +15,7 @@ from typing import Protocol
 
 from k1s0_event_store import PermissionDeniedError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("k1s0_sidecar.authz")  # the name people filter on; the module is private
 
 
 class Role(enum.IntEnum):

@@ -24,7 +24,7 @@ from k1s0_event_store.error_map import error_info as error_info_from_call
 
 from . import _tracing as tracing
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("k1s0_sidecar.errors")  # the name people filter on; the module is private
 
 __all__ = [
     "CLIENT_CLOSED_CODE",

@@ -44,7 +44,7 @@ from ._service import EventStoreService, audit_subject, encode_appended
 from ._subscriptions import Batch
 from .forwarding import Forwarder, disabled_status
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("k1s0_sidecar.rest")  # the name people filter on; the module is private
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -55,7 +55,7 @@ from k1s0_event_store.schema import NOTIFY_APPENDED, NOTIFY_STREAM_DELETED
 
 from ._group_commit import CHASE_STEP, CHASES
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("k1s0_sidecar.subscriptions")  # the name people filter on; the module is private
 
 _PAGE = 500
 #: At most this many queued events are handed to a subscriber at once.

@@ -38,7 +38,7 @@ from typing import Any
 
 from k1s0_event_store import AppendRequest, AppendResult
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("k1s0_sidecar.tracing")  # the name people filter on; the module is private
 
 #: Metadata keys under which an appended event keeps the trace context of the request that wrote it.
 TRACEPARENT_KEY = "$traceparent"
