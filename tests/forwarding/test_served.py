@@ -20,7 +20,7 @@ from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
 from .conftest import expected_events
-from .support import TopicReader, create_topics, judge, poll_until
+from .support import TopicReader, Verdict, create_topics, judge, poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +74,8 @@ async def schema(pg: LocalPostgres) -> AsyncIterator[str]:
 
 @pytest.fixture
 def own_broker() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
+    with LocalKafka() as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 class Writers:
@@ -128,10 +124,7 @@ async def test_kill_9_mid_forwarding_then_restart_loses_nothing(pg: LocalPostgre
         second = served(pg.dsn, schema, kafka.bootstrap, topic).start()
         await poll_until(lambda: _at_least(second, 500), 30, "forwarding again")
         await writers.stop()
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(kafka.bootstrap, topic) as reader:
-            await reader.until_has(expected, 60)
-        verdict = judge(reader.messages, expected)
+        expected, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 60)
         print(f"\nkill -9 mid-forwarding: {len(expected)} events, {verdict.messages} messages, "
               f"{verdict.duplicates} duplicates (re-sent after the crash); checkpoint at kill "
               f"{before['checkpoint']}, head at kill {killed_at}")
@@ -142,6 +135,18 @@ async def test_kill_9_mid_forwarding_then_restart_loses_nothing(pg: LocalPostgre
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def forwarded(dsn: str, schema: str, bootstrap: str, topic: str, timeout: float,
+                    *, poll_again: bool = False) -> tuple[set[tuple[str, int]], Verdict]:
+    """Every event in the schema, read back from the topic (waiting up to ``timeout`` for all of
+    them; ``poll_again``: one more poll after that, for late duplicates), and the verdict on them."""
+    expected = await expected_events(dsn, schema)
+    async with TopicReader(bootstrap, topic) as reader:
+        await reader.until_has(expected, timeout)
+        if poll_again:
+            await reader.poll()
+    return expected, judge(reader.messages, expected)
 
 
 async def _at_least(sidecar: ServedSidecar, published: int) -> bool:
@@ -181,10 +186,7 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
         took = time.monotonic() - started
         for i in range(300, 600):
             await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(kafka.bootstrap, topic) as reader:
-            await reader.until_has(expected, 30)
-        verdict = judge(reader.messages, expected)
+        _, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 30)
         print(f"\ntwo sidecars: takeover {took:.2f}s after kill -9 of the active one; "
               f"{verdict.duplicates} duplicates")
         assert verdict.ok, verdict
@@ -201,10 +203,7 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
             handover = time.monotonic() - started
             for i in range(600, 700):
                 await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
-            expected = await expected_events(pg.dsn, schema)
-            async with TopicReader(kafka.bootstrap, topic) as reader:
-                await reader.until_has(expected, 30)
-            verdict = judge(reader.messages, expected)
+            _, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 30)
             print(f"SIGTERM of the active sidecar: takeover {handover:.2f}s; {verdict.duplicates} duplicates")
             assert verdict.ok, verdict
         finally:
@@ -289,10 +288,7 @@ async def test_broker_frozen_20s_then_replaced_by_an_empty_one(pg: LocalPostgres
         final = await head(pg.dsn, schema)
         await poll_until(lambda: _drained(sidecar, final), 60, "backlog drained")
         drain = time.monotonic() - thawed_at
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(own_broker.bootstrap, topic) as reader:
-            await reader.until_has(expected, 30)
-        verdict = judge(reader.messages, expected)
+        _, verdict = await forwarded(pg.dsn, schema, own_broker.bootstrap, topic, 30)
         print(f"\nbroker frozen 20s: {load.ok} REST appends, none failed (slowest {load.slowest:.3f}s), "
               f"lag {frozen['lag_events']} events / {frozen['lag_seconds']}s at thaw; drained {drain:.1f}s after "
               f"thaw; {verdict.duplicates} duplicates")
@@ -365,11 +361,7 @@ async def test_kill_9_while_a_round_is_in_flight_duplicates_counted(pg: LocalPos
         own_broker.thaw()
         second = served(pg.dsn, schema, own_broker.bootstrap, topic).start()
         await poll_until(lambda: _drained(second, 500), 60, "drained after restart")
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(own_broker.bootstrap, topic) as reader:
-            await reader.until_has(expected, 30)
-            await reader.poll()
-        verdict = judge(reader.messages, expected)
+        expected, verdict = await forwarded(pg.dsn, schema, own_broker.bootstrap, topic, 30, poll_again=True)
         print(f"\nkill -9 with a round in flight on a frozen broker: {len(expected)} events, {verdict.messages} "
               f"messages, {verdict.duplicates} duplicates")
         assert verdict.ok, verdict

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tests.support.postgres import free_port
+from tests.support.process import stop_process
 
 #: aiokafka consumer settings that make group joins fast against Tansu.
 CONSUMER_GROUP_TIMEOUTS = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 300}
@@ -70,14 +71,16 @@ class LocalKafka:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.send_signal(signal.SIGCONT)  # a frozen broker cannot act on SIGTERM
+            stop_process(self.proc)
         self.proc = None
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

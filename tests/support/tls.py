@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.process import stop_process
+
 
 def stunnel_binary() -> str:
     found = shutil.which("stunnel4") or shutil.which("stunnel")
@@ -136,6 +138,13 @@ class Stunnel:
                         raise RuntimeError(f"stunnel did not listen on {accept} in time: {self.log()}") from None
                     time.sleep(0.05)
 
+    def __enter__(self) -> Stunnel:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def log(self) -> str:
         text = ""
         for name in ("stunnel.log", "stderr.log"):
@@ -146,11 +155,6 @@ class Stunnel:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
