@@ -21,8 +21,7 @@ from tests.operator.conftest import (
     event_stream,
     eventually,
     operator_config,
-    start_operator,
-    stop_operator,
+    operator_running,
 )
 from tests.operator.test_reconcile import ready, secret_dsn, topic_partitions, with_condition
 from tests.support.kafka import LocalKafka
@@ -185,8 +184,7 @@ async def test_postgres_down_during_create_is_retried_then_ready_and_credentials
     await api.create_namespace(namespace)
     admin_dsn = flaky_pg.dsn_for("k1s0admin", ADMIN_PASSWORD)
     await asyncio.to_thread(flaky_pg.stop)
-    op = await start_operator(operator_config(admin_dsn, kafka.bootstrap), [namespace])
-    try:
+    async with operator_running(operator_config(admin_dsn, kafka.bootstrap), [namespace]):
         await api.put_object(EVS, namespace, event_stream("late", namespace, {"kafka": {"topic": f"{namespace}.late"}}))
         obj = await with_condition(api, namespace, "late", "SchemaReady", "DatabaseUnavailable")
         assert condition(obj, "SchemaReady")["status"] == "False"
@@ -198,8 +196,6 @@ async def test_postgres_down_during_create_is_retried_then_ready_and_credentials
         await asyncio.to_thread(flaky_pg.start)
         obj = await ready(api, namespace, "late")
         assert obj["status"]["phase"] == "Ready"
-    finally:
-        await stop_operator(op)
 
     # The admin password is nowhere: not in the status, not in events, not in any log line
     # (the capture does see the operator thread's logs, retries included).
@@ -217,21 +213,15 @@ async def test_a_restarted_operator_resumes_and_repairs(
 ) -> None:
     await api.create_namespace(namespace)
     config = operator_config(pg.dsn, kafka.bootstrap)
-    op = await start_operator(config, [namespace])
-    try:
+    async with operator_running(config, [namespace]):
         await api.put_object(EVS, namespace, event_stream("resumed", namespace, {"kafka": {"topic": f"{namespace}.r"}}))
         await ready(api, namespace, "resumed")
-    finally:
-        await stop_operator(op)
     # While no operator runs, the ConfigMap is deleted.
     await api.delete_object(CONFIGMAPS, namespace, "resumed-eventstore-config")
-    op = await start_operator(config, [namespace])
-    try:
+    async with operator_running(config, [namespace]):
         async def configmap_back() -> bool:
             return api.obj(CONFIGMAPS, namespace, "resumed-eventstore-config") is not None
 
         await eventually(configmap_back, 15, "the ConfigMap to be re-created on resume")
         repaired = await events_with(api, namespace, "resumed", "DriftRepaired")
         assert "ConfigMap resumed-eventstore-config was missing" in repaired[0]["message"]
-    finally:
-        await stop_operator(op)
