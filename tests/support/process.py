@@ -1,9 +1,9 @@
-"""Stopping a child process the same way everywhere: the test brokers, proxies and servers."""
+"""The test brokers, proxies and servers: stopped the same way everywhere, and usable as ``with``."""
 
 from __future__ import annotations
 
 import subprocess
-from typing import Any
+from typing import Any, Self
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
@@ -14,3 +14,20 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class Started:
+    """``with server:`` starts it for the block and stops it after (a server's ``start``/``stop``)."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

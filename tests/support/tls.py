@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.process import stop_process
+from tests.support.process import Started, stop_process
 
 
 def stunnel_binary() -> str:
@@ -102,7 +102,7 @@ class TestCA:
         return cert_file, key_file
 
 
-class Stunnel:
+class Stunnel(Started):
     """One stunnel process; ``services`` maps a name to (accept port, forward port, cert, key).
     ``client_ca``: services that require a client certificate signed by that CA (mutual TLS)."""
 
@@ -137,13 +137,6 @@ class Stunnel:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"stunnel did not listen on {accept} in time: {self.log()}") from None
                     time.sleep(0.05)
-
-    def __enter__(self) -> Stunnel:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def log(self) -> str:
         text = ""
