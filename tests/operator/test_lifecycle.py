@@ -45,6 +45,15 @@ async def role_exists(pg_dsn: str, role: str) -> bool:
     return await pg_has(pg_dsn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role)
 
 
+async def provisioned(api: ApiServer, namespace: str, name: str, partitions: int) -> tuple[str, str]:
+    """An EventStream with a topic of its own, once Ready: (that topic, its schema)."""
+    topic = f"{namespace}.{name}.v1"
+    spec = {"kafka": {"topic": topic, "partitions": partitions}}
+    await api.put_object(EVS, namespace, event_stream(name, namespace, spec))
+    obj = await ready(api, namespace, name)
+    return topic, obj["status"]["schema"]
+
+
 async def events_with(api: ApiServer, namespace: str, name: str, reason: str, count: int = 1) -> list[dict[str, Any]]:
     async def check() -> list[dict[str, Any]] | None:
         found = [e for e in api.events_for(namespace, name) if e["reason"] == reason]
@@ -63,10 +72,7 @@ async def gone(api: ApiServer, namespace: str, name: str) -> None:
 async def test_drift_is_repaired_and_reported(
     api: ApiServer, operator: RunningOperator, pg: LocalPostgres, kafka: LocalKafka, namespace: str
 ) -> None:
-    topic = f"{namespace}.drift.v1"
-    await api.put_object(EVS, namespace, event_stream("drift", namespace, {"kafka": {"topic": topic, "partitions": 2}}))
-    obj = await ready(api, namespace, "drift")
-    schema = obj["status"]["schema"]
+    topic, schema = await provisioned(api, namespace, "drift", partitions=2)
     role = f"{schema}_app"
     old_dsn = secret_dsn(api, namespace, "drift-eventstore-db")
 
@@ -110,10 +116,7 @@ async def test_drift_is_repaired_and_reported(
 async def test_delete_with_retain_keeps_schema_role_and_topic(
     api: ApiServer, operator: RunningOperator, pg: LocalPostgres, kafka: LocalKafka, namespace: str
 ) -> None:
-    topic = f"{namespace}.kept.v1"
-    await api.put_object(EVS, namespace, event_stream("kept", namespace, {"kafka": {"topic": topic, "partitions": 1}}))
-    obj = await ready(api, namespace, "kept")
-    schema = obj["status"]["schema"]
+    topic, schema = await provisioned(api, namespace, "kept", partitions=1)
     await api.delete_object(EVS, namespace, "kept")
     await gone(api, namespace, "kept")
     retained = await events_with(api, namespace, "kept", "Retained")
