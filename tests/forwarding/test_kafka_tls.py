@@ -145,6 +145,13 @@ async def refused(config: EventStoreConfig, store: PostgresEventStore, kafka: Ka
         return Refusal(forwarder.status(), registry, result.events[-1].sequence)
 
 
+async def admin_refuses(bootstrap: str, security: KafkaSecurity, match: str) -> None:
+    """The operator's admin client refuses the same, as a retryable "Kafka is unavailable"."""
+    with pytest.raises(_kafka.BrokerUnavailable, match=match):
+        async with _kafka.Admin([bootstrap], security):
+            pass
+
+
 async def publishes(config: EventStoreConfig, kafka: KafkaSection, last: int, what: str) -> None:
     """A forwarder with these settings publishes every event up to sequence ``last``."""
     async with running(Forwarder(config.dsn, config.schema, kafka)) as forwarder:
@@ -201,10 +208,7 @@ async def test_a_wrong_ca_is_refused_and_reported_as_a_kafka_tls_error(
     assert "certificate verify failed" in status["last_error"] or "unable to get" in status["last_error"]
     assert status["last_error_source"] == "kafka"
     assert status["checkpoint"] == 0 and status["events_published"] == 0
-    # The operator's admin client: the same refusal, as a retryable "Kafka is unavailable".
-    with pytest.raises(_kafka.BrokerUnavailable, match="TLS: the broker's certificate was refused"):
-        async with _kafka.Admin([tls_kafka.tls], wrong):
-            pass
+    await admin_refuses(tls_kafka.tls, wrong, "TLS: the broker's certificate was refused")
 
 
 async def test_hostname_checking_is_on_by_default(
@@ -268,9 +272,7 @@ async def test_sasl_ssl_scram_refusal_is_reported_as_authentication(
                             "an authentication failure", "authentication")).status
     assert status["last_error"].startswith("Kafka: SASL SCRAM-SHA-512 authentication failed"), status
     assert status["last_error_source"] == "kafka" and status["checkpoint"] == 0
-    with pytest.raises(_kafka.BrokerUnavailable, match="SASL SCRAM-SHA-512 authentication"):
-        async with _kafka.Admin([sasl_kafka.tls], security):
-            pass
+    await admin_refuses(sasl_kafka.tls, security, "SASL SCRAM-SHA-512 authentication")
 
 
 async def test_served_sidecar_forwards_over_tls_from_environment_settings(

@@ -181,8 +181,7 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
             return {(await status(a))["state"], (await status(b))["state"]}
 
         await poll_until(lambda: _eq(states(), {"active", "standby"}), 20, "one active, one standby")
-        for i in range(300):
-            await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+        await append_pairs(store, range(300))
         await poll_until(lambda: _sum_published(a, b, 300), 20, "300 published")
         sa, sb = await status(a), await status(b)
         active, standby = (a, b) if sa["state"] == "active" else (b, a)
@@ -195,11 +194,8 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
                      "eventstore_forwarder_events_published_total", "eventstore_forwarder_publish_failures_total"):
             assert name in standby_metrics
         active.kill()
-        started = time.monotonic()
-        await poll_until(lambda: _state(standby, "active"), 15, "takeover")
-        took = time.monotonic() - started
-        for i in range(300, 600):
-            await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+        took = await poll_until(lambda: _state(standby, "active"), 15, "takeover")
+        await append_pairs(store, range(300, 600))
         _, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 30)
         print(f"\ntwo sidecars: takeover {took:.2f}s after kill -9 of the active one; "
               f"{verdict.duplicates} duplicates")
@@ -212,11 +208,8 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
             await poll_until(lambda: _state(restarted, "standby"), 10, "restarted sidecar standby")
             survivor = standby  # active since the kill
             assert survivor.terminate() == 0
-            started = time.monotonic()
-            await poll_until(lambda: _state(restarted, "active"), 10, "takeover after SIGTERM")
-            handover = time.monotonic() - started
-            for i in range(600, 700):
-                await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+            handover = await poll_until(lambda: _state(restarted, "active"), 10, "takeover after SIGTERM")
+            await append_pairs(store, range(600, 700))
             _, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 30)
             print(f"SIGTERM of the active sidecar: takeover {handover:.2f}s; {verdict.duplicates} duplicates")
             assert verdict.ok, verdict
@@ -226,6 +219,12 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
         await store.close()
         a.stop()
         b.stop()
+
+
+async def append_pairs(store: PostgresEventStore, numbers: range) -> None:
+    """One event per number, in turn over ten streams pair-0 .. pair-9."""
+    for i in numbers:
+        await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
 
 
 async def _eq(value: Any, expected: Any) -> bool:
