@@ -123,6 +123,22 @@ class WorkerResult:
         self.duration_s = max(self.duration_s, other.duration_s)
         self.first_error = self.first_error or other.first_error
 
+    def count(self, window: Window, started_wall: float, elapsed: float, events: int, outcome: str) -> None:
+        """Count one finished operation (``outcome``: "ok", "conflict" or an error description) if it
+        ended inside the measured window."""
+        ended_wall = started_wall + elapsed
+        if ended_wall < window.measure_from or ended_wall > window.until:
+            return
+        self.ops += 1
+        self.latencies_ms.append(elapsed * 1000.0)
+        if outcome == "ok":
+            self.events += events
+        elif outcome == "conflict":
+            self.conflicts += 1
+        else:
+            self.errors += 1
+            self.first_error = self.first_error or outcome[:300]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -176,19 +192,7 @@ async def closed_loop(clients: int, op: Operation, window: Window) -> WorkerResu
                 events, outcome = await op(i)
             except Exception as exc:  # a failed request counts as an error, the loop goes on
                 events, outcome = 0, f"{type(exc).__name__}: {exc}"
-            elapsed = time.perf_counter() - t0
-            ended_wall = started_wall + elapsed
-            if ended_wall < window.measure_from or ended_wall > window.until:
-                continue
-            result.ops += 1
-            result.latencies_ms.append(elapsed * 1000.0)
-            if outcome == "ok":
-                result.events += events
-            elif outcome == "conflict":
-                result.conflicts += 1
-            else:
-                result.errors += 1
-                result.first_error = result.first_error or outcome[:300]
+            result.count(window, started_wall, time.perf_counter() - t0, events, outcome)
 
     await asyncio.sleep(max(0.0, window.begin_at - time.time()))
     sampler = asyncio.create_task(sample_cpu())
@@ -206,6 +210,20 @@ LINGER_S = 0.5
 async def linger(window: Window) -> None:
     """Wait until ``LINGER_S`` past the window before closing connections (see ``LINGER_S``)."""
     await asyncio.sleep(max(0.0, window.until + LINGER_S - time.time()))
+
+
+async def measured(clients: int, op: Operation, close: Callable[[], Awaitable[Any]], *,
+                   keep_connections: bool = False) -> WorkerResult:
+    """A worker's measurement: say READY, run ``clients`` loops of ``op`` through the harness's window,
+    then ``close`` (the connections); ``keep_connections``: not before ``linger``."""
+    window = await_window()
+    try:
+        result = await closed_loop(clients, op, window)
+        if keep_connections:
+            await linger(window)
+        return result
+    finally:
+        await close()
 
 
 def read_spec() -> dict[str, Any]:

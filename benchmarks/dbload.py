@@ -29,18 +29,7 @@ from k1s0_event_store import (
 )
 from k1s0_event_store.schema import quote_ident
 
-from .common import (
-    EVENT_TYPE,
-    StreamChooser,
-    WorkerResult,
-    await_window,
-    closed_loop,
-    emit,
-    linger,
-    payload,
-    payload_json,
-    read_spec,
-)
+from .common import EVENT_TYPE, StreamChooser, WorkerResult, emit, measured, payload, payload_json, read_spec
 
 RAW_TABLE = "raw_events"
 
@@ -90,13 +79,7 @@ async def _raw_append(spec: dict[str, Any]) -> WorkerResult:
                 )
         return per, "ok"
 
-    window = await_window()
-    try:
-        result = await closed_loop(clients, op, window)
-        await linger(window)
-        return result
-    finally:
-        await pool.close()
+    return await measured(clients, op, pool.close, keep_connections=True)
 
 
 async def _lib_append(spec: dict[str, Any]) -> WorkerResult:
@@ -131,11 +114,7 @@ async def _lib_append(spec: dict[str, Any]) -> WorkerResult:
             known[stream] = version
         return per, "ok"
 
-    window = await_window()
-    try:
-        return await closed_loop(clients, op, window)
-    finally:
-        await store.close()
+    return await measured(clients, op, store.close)
 
 
 async def _raw_read(spec: dict[str, Any]) -> WorkerResult:
@@ -162,11 +141,7 @@ async def _raw_read(spec: dict[str, Any]) -> WorkerResult:
             rows = await conn.fetch(sql, *a)
         return len(rows), "ok" if rows else "empty page"
 
-    window = await_window()
-    try:
-        return await closed_loop(clients, op, window)
-    finally:
-        await pool.close()
+    return await measured(clients, op, pool.close)
 
 
 async def _lib_read(spec: dict[str, Any]) -> WorkerResult:
@@ -185,11 +160,7 @@ async def _lib_read(spec: dict[str, Any]) -> WorkerResult:
         page = await store.read_stream(stream, from_version=p * size + 1, limit=size)
         return len(page.events), "ok" if page.events else "empty page"
 
-    window = await_window()
-    try:
-        return await closed_loop(clients, op, window)
-    finally:
-        await store.close()
+    return await measured(clients, op, store.close)
 
 
 KINDS = {

@@ -25,17 +25,7 @@ import asyncpg
 
 from k1s0_event_store.schema import quote_ident
 
-from .common import (
-    EVENT_TYPE,
-    StreamChooser,
-    WorkerResult,
-    await_window,
-    closed_loop,
-    emit,
-    linger,
-    payload_json,
-    read_spec,
-)
+from .common import EVENT_TYPE, StreamChooser, WorkerResult, emit, measured, payload_json, read_spec
 from .dbload import RAW_TABLE
 
 #: The advisory lock key of the raw locked shape (any constant: one lock per "schema").
@@ -80,13 +70,7 @@ async def _run(spec: dict[str, Any]) -> WorkerResult:
             )
         return 1, "ok"
 
-    window = await_window()
-    try:
-        result = await closed_loop(clients, op, window)
-        await linger(window)
-        return result
-    finally:
-        await asyncio.gather(*(c.close() for c in conns))
+    return await measured(clients, op, lambda: asyncio.gather(*(c.close() for c in conns)), keep_connections=True)
 
 
 def main() -> None:

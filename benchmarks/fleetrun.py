@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from tests.support.postgres import free_ports
+from tests.support.process import stop_process
 from tests.support.sidecar import ServedSidecar
 
 from . import baseline, grpcgo, npmpeers
@@ -151,12 +152,7 @@ class FleetRun:
             yield
         finally:
             self.proxy = None
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
     # -- database-side cases ---------------------------------------------------------------------------
 

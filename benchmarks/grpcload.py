@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from k1s0_event_store.protocol import event_store_pb2 as pb
 from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 
-from .common import EVENT_TYPE, StreamChooser, WorkerResult, await_window, closed_loop, emit, payload_json, read_spec
+from .common import EVENT_TYPE, StreamChooser, WorkerResult, emit, measured, payload_json, read_spec
 
 
 def actual_version(error: grpc.aio.AioRpcError) -> int | None:
@@ -98,11 +98,7 @@ async def run(spec: dict[str, Any]) -> WorkerResult:
     else:
         raise SystemExit(f"unknown kind {kind!r}")
 
-    window = await_window()
-    try:
-        return await closed_loop(clients, op, window)
-    finally:
-        await channel.close()
+    return await measured(clients, op, channel.close)
 
 
 def main() -> None:

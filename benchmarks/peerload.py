@@ -84,17 +84,7 @@ def run(spec: dict[str, Any]) -> WorkerResult:
                 versions[originator] = first + per - 1
             except Exception as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
-            elapsed = time.perf_counter() - t0
-            ended_wall = started_wall + elapsed
-            if ended_wall < window.measure_from or ended_wall > window.until:
-                continue
-            result.ops += 1
-            result.latencies_ms.append(elapsed * 1000.0)
-            if outcome == "ok":
-                result.events += per
-            else:
-                result.errors += 1
-                result.first_error = result.first_error or outcome[:300]
+            result.count(window, started_wall, time.perf_counter() - t0, per, outcome)
 
     def sample_cpu() -> None:
         time.sleep(max(0.0, window.measure_from - time.time()))

@@ -132,6 +132,19 @@ def build(
 # -- plots -------------------------------------------------------------------------------------
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _legend(ax: Any, fontsize: int) -> None:
+    """A legend where the axes have labelled lines (an empty legend box otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
 def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -161,13 +174,8 @@ def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
     ax2.set_ylabel("p99 latency (ms)")
     ax2.set_yscale("log")
     ax2.set_title("Append p99 latency against concurrency")
-    if ax1.get_legend_handles_labels()[0]:
-        ax1.legend(fontsize=8)
-    fig.tight_layout()
-    path = img_dir / "bench-append-throughput.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path)
+    _legend(ax1, 8)
+    made.append(_save(plt, fig, img_dir / "bench-append-throughput.png"))
 
     groups = [("append-100", "100-event appends, 8 clients"), ("append-zipf", "Zipf streams, 32 clients"),
               ("append-hot", "one hot stream + expected_version, 32 clients")]
@@ -180,11 +188,7 @@ def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
         ax.set_ylabel("events/s")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = img_dir / "bench-append-batches.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path)
+    made.append(_save(plt, fig, img_dir / "bench-append-batches.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, op in zip(axes, ("read-stream", "read-all"), strict=True):
@@ -197,13 +201,8 @@ def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
         ax.set_xlabel("concurrent readers")
         ax.set_ylabel("events/s")
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = img_dir / "bench-reads.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path)
+        _legend(ax, 8)
+    made.append(_save(plt, fig, img_dir / "bench-reads.png"))
 
     fleet_rows = [r for r in cases if r["group"] == "fleet" and r["events_per_request"] == 1
                   and r["distribution"] == "uniform"]
@@ -229,13 +228,8 @@ def plots(data: dict[str, Any], img_dir: Path) -> list[Path]:
             ax.set_ylabel("1-event appends/s, distinct streams")
             ax.set_title(f"Fleet{f', via the {fleet.PROXY_DELAY_MS} ms proxy' if proxied else ''}", fontsize=10)
             ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = img_dir / "bench-fleet.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+            _legend(ax, 7)
+        made.append(_save(plt, fig, img_dir / "bench-fleet.png"))
     return made
 
 

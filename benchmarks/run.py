@@ -30,6 +30,7 @@ import asyncpg
 from k1s0_event_store import AppendRequest, EventEnvelope, EventStoreConfig, PostgresEventStore, prepare_append
 from k1s0_event_store.schema import migrate
 from tests.support.postgres import LocalPostgres, free_port
+from tests.support.process import stop_process
 from tests.support.sidecar import ServedSidecar
 
 from . import grpcgo, otelsink
@@ -337,12 +338,7 @@ class Run:
                 raise RuntimeError(f"the floor server did not start: {line!r} {proc.communicate()[1][-1500:]}")
             yield proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
     def _floor(self, case: Case) -> Measurement:
         assert self.floor is not None, "floor cases need the floor server"

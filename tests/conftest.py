@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 
 # The operator's drift timer interval is read when its handlers are registered, i.e. when any test
@@ -10,64 +9,38 @@ import os
 os.environ.setdefault("EVENTSTORE_OPERATOR_DRIFT_INTERVAL_SECONDS", "2")
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
+import aiohttp
+import grpc
 import pytest
 
 from k1s0_event_store import EventStoreConfig
-from k1s0_event_store.schema import migrate
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from tests.support.kafka import LocalKafka
-from tests.support.postgres import LocalPostgres
+from tests.support.postgres import LocalPostgres, create_schema, drop_schema, new_schema_name
+from tests.support.sidecar import ServedSidecar
 
-_schema_counter = itertools.count(1)
+# The schema helpers live in tests.support.postgres (the sidecar fixtures use them too); many tests
+# import them from here.
+__all__ = ["create_schema", "drop_schema", "new_schema_name"]
 
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalPostgres]:
-    server = LocalPostgres(fsync=False)
-    server.start()
-    try:
+    with LocalPostgres(fsync=False) as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[LocalKafka]:
     """One real Kafka-protocol broker per session, started when a test first asks for it, for the
     tests that do not break it (those that stop a broker start their own)."""
-    broker = LocalKafka()
-    broker.start()
-    try:
+    with LocalKafka() as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
 def pg_dsn(pg: LocalPostgres) -> str:
     return pg.dsn
-
-
-def new_schema_name(prefix: str = "t") -> str:
-    return f"{prefix}_{os.getpid()}_{next(_schema_counter)}"
-
-
-async def create_schema(dsn: str, prefix: str = "t") -> str:
-    name = new_schema_name(prefix)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn, name)
-    finally:
-        await conn.close()
-    return name
-
-
-async def drop_schema(dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -81,3 +54,16 @@ async def schema(pg_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture
 def config(pg_dsn: str, schema: str) -> EventStoreConfig:
     return EventStoreConfig(dsn=pg_dsn, schema=schema, max_connections=40)
+
+
+# Clients of the module's served sidecar (a module names its ``sidecar`` fixture).
+@pytest.fixture
+async def http(sidecar: ServedSidecar) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=sidecar.base_url) as session:
+        yield session
+
+
+@pytest.fixture
+async def stub(sidecar: ServedSidecar) -> AsyncIterator[pb_grpc.EventStoreServiceStub]:
+    async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
+        yield pb_grpc.EventStoreServiceStub(channel)

@@ -28,13 +28,8 @@ def rsa_key_2() -> SigningKey:
 
 @pytest.fixture
 async def jwks(rsa_key: SigningKey, ec_key: SigningKey) -> AsyncIterator[JwksServer]:
-    server = JwksServer()
-    server.publish(rsa_key, ec_key)
-    await server.start()
-    try:
+    async with JwksServer.serving(rsa_key, ec_key) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @dataclass

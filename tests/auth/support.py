@@ -9,6 +9,8 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,14 @@ from tests.support.postgres import free_port
 ISSUER = "https://auth.k1s0.test/realms/k1s0"
 AUDIENCE = "k1s0-eventstore"
 CLIENT_ID = "eventstore-client"
+
+
+def jwt_env(jwks_url: str, **extra: str) -> dict[str, str]:
+    """A served sidecar's environment for ``auth.mode: jwt`` against the test key server."""
+    return {
+        "EVENTSTORE_AUTH_MODE": "jwt", "EVENTSTORE_AUTH_JWKS_URL": jwks_url, "EVENTSTORE_AUTH_ISSUER": ISSUER,
+        "EVENTSTORE_AUTH_AUDIENCE": AUDIENCE, "EVENTSTORE_AUTH_CLIENT_ID": CLIENT_ID, **extra,
+    }
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,18 @@ class JwksServer:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
         return self
+
+    @classmethod
+    @asynccontextmanager
+    async def serving(cls, *signing_keys: SigningKey) -> AsyncIterator[JwksServer]:
+        """A started key server publishing ``signing_keys``, stopped afterwards."""
+        server = cls()
+        server.publish(*signing_keys)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
 
     async def stop(self) -> None:
         """Down: the port refuses connections until ``start`` again."""

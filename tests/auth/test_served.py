@@ -19,13 +19,11 @@ import grpc
 import pytest
 
 from k1s0_event_store.protocol import event_store_pb2 as pb
-from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._authz import Role
 from k1s0_sidecar._errors import error_info_from_call
-from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims, forge
-from tests.conftest import create_schema, drop_schema
+from tests.auth.support import CLIENT_ID, JwksServer, SigningKey, claims, forge, jwt_env
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 
 #: The generated stub as grpc.aio uses it (its type stubs describe the blocking API).
 AioStub = Any
@@ -45,37 +43,20 @@ def keys() -> dict[str, SigningKey]:
 
 @pytest.fixture(scope="module")
 async def key_server(keys: dict[str, SigningKey]) -> AsyncIterator[JwksServer]:
-    server = JwksServer()
-    server.publish(*keys.values())
-    await server.start()
-    try:
+    async with JwksServer.serving(*keys.values()) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture(scope="module")
-async def served(pg: LocalPostgres, key_server: JwksServer) -> AsyncIterator[ServedSidecar]:
-    schema = await create_schema(pg.dsn, "auth")
-    sidecar = ServedSidecar(
-        pg.dsn,
-        schema,
-        env={
-            "EVENTSTORE_AUTH_MODE": "jwt",
-            "EVENTSTORE_AUTH_JWKS_URL": key_server.url,
-            "EVENTSTORE_AUTH_ISSUER": ISSUER,
-            "EVENTSTORE_AUTH_AUDIENCE": AUDIENCE,
-            "EVENTSTORE_AUTH_CLIENT_ID": CLIENT_ID,
-            # rotation and outage tests must not wait out the refetch interval
-            "EVENTSTORE_AUTH_JWKS_REFETCH_SECONDS": "0",
-            "EVENTSTORE_AUTH_JWKS_TIMEOUT_SECONDS": "2",
-        },
-    ).start()
-    try:
-        yield sidecar
-    finally:
-        sidecar.stop()
-        await drop_schema(pg.dsn, schema)
+async def sidecar(pg: LocalPostgres, key_server: JwksServer) -> AsyncIterator[ServedSidecar]:
+    env = jwt_env(
+        key_server.url,
+        # rotation and outage tests must not wait out the refetch interval
+        EVENTSTORE_AUTH_JWKS_REFETCH_SECONDS="0",
+        EVENTSTORE_AUTH_JWKS_TIMEOUT_SECONDS="2",
+    )
+    async with served_schema(pg.dsn, "auth", env=env) as served:
+        yield served
 
 
 def token_for(keys: dict[str, SigningKey], caller: str) -> str | None:
@@ -95,18 +76,6 @@ def headers(token: str | None) -> dict[str, str]:
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", token),) if token else ()
-
-
-@pytest.fixture
-async def http(served: ServedSidecar) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=served.base_url) as session:
-        yield session
-
-
-@pytest.fixture
-async def stub(served: ServedSidecar) -> AsyncIterator[AioStub]:
-    async with grpc.aio.insecure_channel(served.grpc_target) as channel:
-        yield pb_grpc.EventStoreServiceStub(channel)
 
 
 @dataclass(frozen=True)
@@ -425,16 +394,16 @@ async def test_grpc_append_records_the_authenticated_subject(
 # -- open endpoints and readiness ----------------------------------------------------------------
 
 
-async def test_readyz_reports_jwt_mode(http: aiohttp.ClientSession, served: ServedSidecar) -> None:
+async def test_readyz_reports_jwt_mode(http: aiohttp.ClientSession, sidecar: ServedSidecar) -> None:
     async with http.get("/readyz") as r:
         body = await r.json()
     assert r.status == 200 and body["auth_mode"] == "jwt" and "warnings" not in body
 
 
-async def test_grpc_health_is_open(served: ServedSidecar) -> None:
+async def test_grpc_health_is_open(sidecar: ServedSidecar) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(served.grpc_target) as channel:
+    async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
         resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -443,7 +412,7 @@ async def test_grpc_health_is_open(served: ServedSidecar) -> None:
 
 
 async def test_grpc_client_sends_tokens_and_raises_library_errors(
-    served: ServedSidecar, keys: dict[str, SigningKey]
+    sidecar: ServedSidecar, keys: dict[str, SigningKey]
 ) -> None:
     from k1s0_event_store import (
         EventEnvelope,
@@ -461,7 +430,7 @@ async def test_grpc_client_sends_tokens_and_raises_library_errors(
         issued.append(caller["name"])
         return value.removeprefix("Bearer ") if value else ""
 
-    client = GrpcEventStore(served.grpc_target, token=token, retries=0)
+    client = GrpcEventStore(sidecar.grpc_target, token=token, retries=0)
     try:
         with pytest.raises(UnauthenticatedError):
             await client.read_stream(stream)

@@ -28,8 +28,7 @@ from tests.operator.conftest import (
     event_stream,
     eventually,
     operator_config,
-    start_operator,
-    stop_operator,
+    operator_running,
 )
 from tests.operator.test_reconcile import ready, with_condition
 from tests.support.kafka import LocalKafka
@@ -39,12 +38,8 @@ from tests.support.postgres import LocalPostgres, free_port
 
 @pytest.fixture
 def own_kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
+    with LocalKafka() as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture
@@ -88,46 +83,45 @@ async def test_provisioned_stream_admits_pods_with_the_broker_or_postgres_down(
         monkeypatch.setenv(key, value)
     url = f"http://127.0.0.1:{port}/{webhook.HANDLER_ID}"
     await api.create_namespace(NAMESPACE)
-    op = await start_operator(operator_config(own_pg.dsn, own_kafka.bootstrap), [NAMESPACE])
-    try:
-        async with aiohttp.ClientSession() as session:
-            await api.put_object(EVS, NAMESPACE, event_stream("orders", NAMESPACE, {"kafka": {"topic": "shop.orders"}}))
-            obj = await ready(api, NAMESPACE, "orders")
-            assert condition(obj, "Provisioned")["status"] == "True"
-            assert injected(await admission(session, url, "orders"), "orders")["envFrom"] == [
-                {"secretRef": {"name": "orders-eventstore-db"}}]
+    async with (
+        operator_running(operator_config(own_pg.dsn, own_kafka.bootstrap), [NAMESPACE]),
+        aiohttp.ClientSession() as session,
+    ):
+        await api.put_object(EVS, NAMESPACE, event_stream("orders", NAMESPACE, {"kafka": {"topic": "shop.orders"}}))
+        obj = await ready(api, NAMESPACE, "orders")
+        assert condition(obj, "Provisioned")["status"] == "True"
+        assert injected(await admission(session, url, "orders"), "orders")["envFrom"] == [
+            {"secretRef": {"name": "orders-eventstore-db"}}]
 
-            # Kafka down: the drift check turns Ready False (BrokerUnavailable); pods still get in.
-            await asyncio.to_thread(own_kafka.stop)
-            obj = await with_condition(api, NAMESPACE, "orders", "Ready", "BrokerUnavailable", timeout=60)
-            assert condition(obj, "Ready")["status"] == "False"
-            assert condition(obj, "Provisioned")["status"] == "True"
-            injected(await admission(session, url, "orders"), "orders")
-            await asyncio.to_thread(own_kafka.start)
-            await ready(api, NAMESPACE, "orders", timeout=60)
+        # Kafka down: the drift check turns Ready False (BrokerUnavailable); pods still get in.
+        await asyncio.to_thread(own_kafka.stop)
+        obj = await with_condition(api, NAMESPACE, "orders", "Ready", "BrokerUnavailable", timeout=60)
+        assert condition(obj, "Ready")["status"] == "False"
+        assert condition(obj, "Provisioned")["status"] == "True"
+        injected(await admission(session, url, "orders"), "orders")
+        await asyncio.to_thread(own_kafka.start)
+        await ready(api, NAMESPACE, "orders", timeout=60)
 
-            # PostgreSQL down: Ready False (DatabaseUnavailable); pods still get in.
-            await asyncio.to_thread(own_pg.stop)
-            obj = await with_condition(api, NAMESPACE, "orders", "Ready", "DatabaseUnavailable", timeout=60)
-            assert condition(obj, "Provisioned")["status"] == "True"
-            injected(await admission(session, url, "orders"), "orders")
+        # PostgreSQL down: Ready False (DatabaseUnavailable); pods still get in.
+        await asyncio.to_thread(own_pg.stop)
+        obj = await with_condition(api, NAMESPACE, "orders", "Ready", "DatabaseUnavailable", timeout=60)
+        assert condition(obj, "Provisioned")["status"] == "True"
+        injected(await admission(session, url, "orders"), "orders")
 
-            # A stream created during the outage was never provisioned: its pods are refused, with why.
-            await api.put_object(EVS, NAMESPACE, event_stream("late", NAMESPACE, {"kafka": {"topic": "shop.late"}}))
-            await with_condition(api, NAMESPACE, "late", "Ready", "DatabaseUnavailable", timeout=60)
-            refused = await admission(session, url, "late")
-            assert refused["allowed"] is False and refused["status"]["code"] == 403
-            message = refused["status"]["message"]
-            assert 'EventStream "late"' in message and "not been provisioned" in message
-            assert "DatabaseUnavailable" in message
+        # A stream created during the outage was never provisioned: its pods are refused, with why.
+        await api.put_object(EVS, NAMESPACE, event_stream("late", NAMESPACE, {"kafka": {"topic": "shop.late"}}))
+        await with_condition(api, NAMESPACE, "late", "Ready", "DatabaseUnavailable", timeout=60)
+        refused = await admission(session, url, "late")
+        assert refused["allowed"] is False and refused["status"]["code"] == 403
+        message = refused["status"]["message"]
+        assert 'EventStream "late"' in message and "not been provisioned" in message
+        assert "DatabaseUnavailable" in message
 
-            # Back up: the late stream is provisioned and admitted too.
-            await asyncio.to_thread(own_pg.start)
+        # Back up: the late stream is provisioned and admitted too.
+        await asyncio.to_thread(own_pg.start)
 
-            async def late_admitted() -> dict[str, Any] | None:
-                answer = await admission(session, url, "late")
-                return answer if answer["allowed"] else None
+        async def late_admitted() -> dict[str, Any] | None:
+            answer = await admission(session, url, "late")
+            return answer if answer["allowed"] else None
 
-            injected(await eventually(late_admitted, 60, "the late stream's pods to be admitted"), "late")
-    finally:
-        await stop_operator(op)
+        injected(await eventually(late_admitted, 60, "the late stream's pods to be admitted"), "late")

@@ -519,15 +519,23 @@ async def readers_reach(readers: Sequence[Reader], sequence: int) -> float:
                             f"every reader to reach sequence {sequence}", watch=readers)
 
 
+def _against_ledger(
+    by_id: dict[str, Event], ledger: Ledger
+) -> tuple[list[Event], list[tuple[Event, Event]], set[str]]:
+    """Against what the clients were told: the acknowledged events ``by_id`` lacks, those it holds
+    at another position, and the rolled-back ones it holds."""
+    missing = [e for e in ledger.acked.values() if e.event_id not in by_id]
+    moved = [(e, by_id[e.event_id]) for e in ledger.acked.values() if e.event_id in by_id and by_id[e.event_id] != e]
+    return missing, moved, ledger.rolled_back & by_id.keys()
+
+
 def judge_store(truth: list[Event], ledger: Ledger) -> None:
     """The database holds every acknowledged event where the answer said, each stream contiguous."""
     by_id = {e.event_id: e for e in truth}
     assert len(by_id) == len(truth), "an event id stored twice"
-    lost = [e for e in ledger.acked.values() if e.event_id not in by_id]
+    lost, moved, ghosts = _against_ledger(by_id, ledger)
     assert not lost, f"{len(lost)} acknowledged events are not in the database, e.g. {lost[:3]}"
-    moved = [(e, by_id[e.event_id]) for e in ledger.acked.values() if by_id[e.event_id] != e]
     assert not moved, f"stored elsewhere than acknowledged: {moved[:3]}"
-    ghosts = ledger.rolled_back & by_id.keys()
     assert not ghosts, f"rolled-back events stored: {sorted(ghosts)[:3]}"
     _contiguous("the database", truth)
 
@@ -541,11 +549,9 @@ def judge_reader(reader: Reader, truth: list[Event], ledger: Ledger) -> None:
     twice = [i for i, n in Counter(e.event_id for e in seen).items() if n > 1]
     assert not twice, f"{name}: {len(twice)} events delivered twice, e.g. {twice[:3]}"
     by_id = {e.event_id: e for e in seen}
-    missed = [e for e in ledger.acked.values() if e.event_id not in by_id]
+    missed, moved, ghosts = _against_ledger(by_id, ledger)
     assert not missed, f"{name}: {len(missed)} acknowledged events never delivered, e.g. {missed[:3]}"
-    moved = [(e, by_id[e.event_id]) for e in ledger.acked.values() if by_id[e.event_id] != e]
     assert not moved, f"{name}: delivered at another position than acknowledged: {moved[:3]}"
-    ghosts = ledger.rolled_back & by_id.keys()
     assert not ghosts, f"{name}: delivered rolled-back events {sorted(ghosts)[:3]}"
     _contiguous(name, seen)
     if seen != truth:

@@ -49,6 +49,12 @@ def tag() -> str:
     return f"f{uuid.uuid4().hex[:8]}"
 
 
+async def begin(fleet: Fleet, pg: LocalPostgres) -> tuple[float, str, int, Ledger]:
+    """What each test starts from: its clock, its streams' tag, the head its readers start after,
+    and an empty ledger."""
+    return time.monotonic(), tag(), await head(pg.dsn, fleet.schema), Ledger()
+
+
 async def close_all(clients: list[Client], readers: list[Reader]) -> None:
     for r in readers:
         await r.stop()
@@ -65,10 +71,7 @@ async def test_eight_writing_sidecars_readers_elsewhere_see_each_event_once_in_o
     take no writes, and a SubscribeToAll and an SSE subscription on two of the writing ones; and a
     SubscribeToAll that resumes on the next of the 10 sidecars every 250 events."""
     appends_each, hot_wins = 96, 12
-    started = time.monotonic()
-    t = tag()
-    after = await head(pg.dsn, fleet.schema)
-    ledger = Ledger()
+    started, t, after, ledger = await begin(fleet, pg)
     w, r = fleet.writers, fleet.readers
     readers: list[Reader] = [
         GrpcSubscriber("SubscribeToAll on a reading sidecar", r[0], after).start(),
@@ -123,10 +126,7 @@ async def test_held_transactions_and_rollbacks_while_the_fleet_writes(fleet: Fle
     connections) holds the append lock, holds open transactions that appended and then commit, and
     appends and rolls back. Readers never skip the held events and never see the rolled-back ones."""
     hold, rounds = 0.5, 3
-    started = time.monotonic()
-    t = tag()
-    after = await head(pg.dsn, fleet.schema)
-    ledger = Ledger()
+    started, t, after, ledger = await begin(fleet, pg)
     w, r = fleet.writers, fleet.readers
     readers: list[Reader] = [
         RestPoller("REST read-all poller on a reading sidecar", r[0], after).start(),
@@ -213,10 +213,7 @@ async def test_kill_9_of_a_writing_sidecar_loses_nothing_acknowledged(fleet: Fle
     """SIGKILL one of the 8 writing sidecars mid-load. Its clients retry their in-flight append (same
     event ids) on another sidecar and stop; the other sidecars keep taking writes; readers on
     survivors, and a poller on the victim once restarted, get every event exactly once in order."""
-    started = time.monotonic()
-    t = tag()
-    after = await head(pg.dsn, fleet.schema)
-    ledger = Ledger()
+    started, t, after, ledger = await begin(fleet, pg)
     w, r = fleet.writers, fleet.readers
     victim, survivors = w[7], w[:7]
     readers: list[Reader] = [

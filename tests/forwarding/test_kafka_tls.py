@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -64,19 +66,13 @@ def tls_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
     elsewhere = ca.issue("elsewhere", ["kafka.elsewhere.test"])
     client = ca.issue("event-store-client", ["event-store"], client=True)
     plain, tls, wrong, mutual = free_ports(4)
-    broker = LocalKafka(plain, advertised_port=tls)
     tunnel = Stunnel(
         {"tls": (tls, plain, *good), "wrong-name": (wrong, plain, *elsewhere), "mutual": (mutual, plain, *good)},
         client_ca={"mutual": ca.cert_file},
     )
-    broker.start()
-    try:
-        tunnel.start()
+    with LocalKafka(plain, advertised_port=tls), tunnel:
         yield TlsKafka(f"127.0.0.1:{tls}", f"127.0.0.1:{wrong}", ca.cert_file, other.cert_file,
                        f"127.0.0.1:{mutual}", client)
-    finally:
-        tunnel.stop()
-        broker.stop()
 
 
 def ssl_settings(kafka: TlsKafka, **changes: object) -> KafkaSecurity:
@@ -118,20 +114,61 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@asynccontextmanager
+async def running(forwarder: Forwarder) -> AsyncIterator[Forwarder]:
+    await forwarder.start()
+    try:
+        yield forwarder
+    finally:
+        await forwarder.stop()
+
+
+@dataclass
+class Refusal:
+    status: dict[str, Any]  # the forwarder's, once it had failed
+    registry: CollectorRegistry  # its metrics
+    sequence: int  # of the event it could not publish
+
+
+async def refused(config: EventStoreConfig, store: PostgresEventStore, kafka: KafkaSection, stream: str, what: str,
+                  reason: str | None = None, **options: Any) -> Refusal:
+    """A forwarder with the ``kafka`` settings, retrying every half second at most, after an event
+    appended to ``stream`` failed to publish: a failure counted as ``reason``, or any reported error."""
+    registry = CollectorRegistry()
+    settings = ForwarderSettings(backoff_max=0.5, **options)
+    async with running(Forwarder(config.dsn, config.schema, kafka, settings, registry=registry)) as forwarder:
+        result = await store.append_events(stream, [EventEnvelope("OrderPlaced", {})])
+        if reason is None:
+            await poll_until(lambda: _true(forwarder.status()["last_error"] is not None), 20, what)
+        else:
+            await poll_until(lambda: _true(failures(registry, reason) > 0), 20, what)
+        return Refusal(forwarder.status(), registry, result.events[-1].sequence)
+
+
+async def admin_refuses(bootstrap: str, security: KafkaSecurity, match: str) -> None:
+    """The operator's admin client refuses the same, as a retryable "Kafka is unavailable"."""
+    with pytest.raises(_kafka.BrokerUnavailable, match=match):
+        async with _kafka.Admin([bootstrap], security):
+            pass
+
+
+async def publishes(config: EventStoreConfig, kafka: KafkaSection, last: int, what: str) -> None:
+    """A forwarder with these settings publishes every event up to sequence ``last``."""
+    async with running(Forwarder(config.dsn, config.schema, kafka)) as forwarder:
+        await poll_until(lambda: _true(forwarder.status()["checkpoint"] == last), 20, what)
+
+
 async def test_forwarder_publishes_over_tls_and_event_consumer_reads_it(
     config: EventStoreConfig, store: PostgresEventStore, tls_kafka: TlsKafka, tls_topic: str
 ) -> None:
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, ssl_settings(tls_kafka)))
-    await forwarder.start()
-    try:
+    over_tls = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, ssl_settings(tls_kafka)))
+    async with running(over_tls) as forwarder:
         result = await store.append_events(
             "order-tls-1", [EventEnvelope("OrderPlaced", {"n": i}) for i in range(5)]
         )
         last = result.events[-1].sequence
         await poll_until(lambda: _true(forwarder.status()["checkpoint"] == last), 20, "published over TLS")
         assert forwarder.status()["last_error"] is None
-    finally:
-        await forwarder.stop()
 
     seen: list[PublishedEvent] = []
 
@@ -165,24 +202,13 @@ async def test_a_wrong_ca_is_refused_and_reported_as_a_kafka_tls_error(
     config: EventStoreConfig, store: PostgresEventStore, tls_kafka: TlsKafka, tls_topic: str
 ) -> None:
     wrong = ssl_settings(tls_kafka, ssl_ca_file=str(tls_kafka.other_ca))
-    registry = CollectorRegistry()
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, wrong),
-                          ForwarderSettings(backoff_max=0.5), registry=registry)
-    await forwarder.start()
-    try:
-        await store.append_events("order-tls-2", [EventEnvelope("OrderPlaced", {})])
-        await poll_until(lambda: _true(failures(registry, "tls") > 0), 20, "a TLS failure")
-        status = forwarder.status()
-        assert status["last_error"].startswith("Kafka: TLS: the broker's certificate was refused"), status
-        assert "certificate verify failed" in status["last_error"] or "unable to get" in status["last_error"]
-        assert status["last_error_source"] == "kafka"
-        assert status["checkpoint"] == 0 and status["events_published"] == 0
-    finally:
-        await forwarder.stop()
-    # The operator's admin client: the same refusal, as a retryable "Kafka is unavailable".
-    with pytest.raises(_kafka.BrokerUnavailable, match="TLS: the broker's certificate was refused"):
-        async with _kafka.Admin([tls_kafka.tls], wrong):
-            pass
+    status = (await refused(config, store, section(tls_kafka.tls, tls_topic, wrong), "order-tls-2", "a TLS failure",
+                            "tls")).status
+    assert status["last_error"].startswith("Kafka: TLS: the broker's certificate was refused"), status
+    assert "certificate verify failed" in status["last_error"] or "unable to get" in status["last_error"]
+    assert status["last_error_source"] == "kafka"
+    assert status["checkpoint"] == 0 and status["events_published"] == 0
+    await admin_refuses(tls_kafka.tls, wrong, "TLS: the broker's certificate was refused")
 
 
 async def test_hostname_checking_is_on_by_default(
@@ -190,26 +216,14 @@ async def test_hostname_checking_is_on_by_default(
 ) -> None:
     """The certificate on ``wrong_name`` is signed by the trusted CA but names another host: refused.
     With ``ssl_check_hostname: false`` the same connection is accepted (so the refusal was the name)."""
-    registry = CollectorRegistry()
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.wrong_name, tls_topic, ssl_settings(tls_kafka)),
-                          ForwarderSettings(backoff_max=0.5), registry=registry)
-    await forwarder.start()
-    try:
-        result = await store.append_events("order-tls-3", [EventEnvelope("OrderPlaced", {})])
-        await poll_until(lambda: _true(failures(registry, "tls") > 0), 20, "a TLS failure")
-        error = forwarder.status()["last_error"]
-        assert error.startswith("Kafka: TLS") and "mismatch" in error and "127.0.0.1" in error, error
-        assert forwarder.status()["checkpoint"] == 0
-    finally:
-        await forwarder.stop()
+    checked = section(tls_kafka.wrong_name, tls_topic, ssl_settings(tls_kafka))
+    refusal = await refused(config, store, checked, "order-tls-3", "a TLS failure", "tls")
+    error = refusal.status["last_error"]
+    assert error.startswith("Kafka: TLS") and "mismatch" in error and "127.0.0.1" in error, error
+    assert refusal.status["checkpoint"] == 0
     relaxed = ssl_settings(tls_kafka, ssl_check_hostname=False)
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.wrong_name, tls_topic, relaxed))
-    await forwarder.start()
-    try:
-        last = result.events[-1].sequence
-        await poll_until(lambda: _true(forwarder.status()["checkpoint"] == last), 20, "published without the check")
-    finally:
-        await forwarder.stop()
+    await publishes(config, section(tls_kafka.wrong_name, tls_topic, relaxed), refusal.sequence,
+                    "published without the check")
 
 
 async def test_mutual_tls_client_certificate(
@@ -219,42 +233,23 @@ async def test_mutual_tls_client_certificate(
     (only the bootstrap goes through that port; the advertised one does not ask for a certificate)."""
     assert tls_kafka.client_cert is not None
     cert, key = tls_kafka.client_cert
-    registry = CollectorRegistry()
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.mutual, tls_topic, ssl_settings(tls_kafka)),
-                          ForwarderSettings(backoff_max=0.5), registry=registry)
-    await forwarder.start()
-    try:
-        result = await store.append_events("order-mtls-1", [EventEnvelope("OrderPlaced", {})])
-        await poll_until(lambda: _true(forwarder.status()["last_error"] is not None), 20, "an error")
-        assert forwarder.status()["last_error"].startswith("Kafka: "), forwarder.status()
-        assert forwarder.status()["checkpoint"] == 0
-    finally:
-        await forwarder.stop()
+    without_cert = section(tls_kafka.mutual, tls_topic, ssl_settings(tls_kafka))
+    refusal = await refused(config, store, without_cert, "order-mtls-1", "an error")
+    assert refusal.status["last_error"].startswith("Kafka: "), refusal.status
+    assert refusal.status["checkpoint"] == 0
     with_cert = ssl_settings(tls_kafka, ssl_cert_file=str(cert), ssl_key_file=str(key))
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.mutual, tls_topic, with_cert))
-    await forwarder.start()
-    try:
-        last = result.events[-1].sequence
-        await poll_until(lambda: _true(forwarder.status()["checkpoint"] == last), 20, "published with a client cert")
-    finally:
-        await forwarder.stop()
+    await publishes(config, section(tls_kafka.mutual, tls_topic, with_cert), refusal.sequence,
+                    "published with a client cert")
 
 
 async def test_plaintext_client_on_a_tls_port_is_a_kafka_error_not_a_postgresql_one(
     config: EventStoreConfig, store: PostgresEventStore, tls_kafka: TlsKafka, tls_topic: str
 ) -> None:
-    registry = CollectorRegistry()
-    forwarder = Forwarder(config.dsn, config.schema, section(tls_kafka.tls, tls_topic, KafkaSecurity()),
-                          ForwarderSettings(backoff_max=0.5, request_timeout_ms=2000), registry=registry)
-    await forwarder.start()
-    try:
-        await store.append_events("order-tls-4", [EventEnvelope("OrderPlaced", {})])
-        await poll_until(lambda: _true(forwarder.status()["last_error"] is not None), 20, "an error")
-        status = forwarder.status()
-        assert status["last_error"].startswith("Kafka: ") and status["last_error_source"] == "kafka", status
-        assert failures(registry, "unavailable") > 0
-    finally:
-        await forwarder.stop()
+    plaintext = section(tls_kafka.tls, tls_topic, KafkaSecurity())
+    refusal = await refused(config, store, plaintext, "order-tls-4", "an error", request_timeout_ms=2000)
+    status = refusal.status
+    assert status["last_error"].startswith("Kafka: ") and status["last_error_source"] == "kafka", status
+    assert failures(refusal.registry, "unavailable") > 0
 
 
 @pytest.fixture(scope="module")
@@ -264,15 +259,8 @@ def sasl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
     ca = TestCA(directory)
     good = ca.issue("broker", ["127.0.0.1"])
     plain, tls = free_ports(2)
-    broker = LocalKafka(plain, advertised_port=tls, authentication=True)
-    tunnel = Stunnel({"sasl": (tls, plain, *good)})
-    broker.start()
-    try:
-        tunnel.start()
+    with LocalKafka(plain, advertised_port=tls, authentication=True), Stunnel({"sasl": (tls, plain, *good)}):
         yield TlsKafka(f"127.0.0.1:{tls}", "", ca.cert_file, ca.cert_file)
-    finally:
-        tunnel.stop()
-        broker.stop()
 
 
 async def test_sasl_ssl_scram_refusal_is_reported_as_authentication(
@@ -280,21 +268,11 @@ async def test_sasl_ssl_scram_refusal_is_reported_as_authentication(
 ) -> None:
     security = ssl_settings(sasl_kafka, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                             sasl_username="alice", sasl_password="not-a-user-here")
-    registry = CollectorRegistry()
-    forwarder = Forwarder(config.dsn, config.schema, section(sasl_kafka.tls, "k1s0.sasl.v1", security),
-                          ForwarderSettings(backoff_max=0.5), registry=registry)
-    await forwarder.start()
-    try:
-        await store.append_events("order-sasl-1", [EventEnvelope("OrderPlaced", {})])
-        await poll_until(lambda: _true(failures(registry, "authentication") > 0), 20, "an authentication failure")
-        status = forwarder.status()
-        assert status["last_error"].startswith("Kafka: SASL SCRAM-SHA-512 authentication failed"), status
-        assert status["last_error_source"] == "kafka" and status["checkpoint"] == 0
-    finally:
-        await forwarder.stop()
-    with pytest.raises(_kafka.BrokerUnavailable, match="SASL SCRAM-SHA-512 authentication"):
-        async with _kafka.Admin([sasl_kafka.tls], security):
-            pass
+    status = (await refused(config, store, section(sasl_kafka.tls, "k1s0.sasl.v1", security), "order-sasl-1",
+                            "an authentication failure", "authentication")).status
+    assert status["last_error"].startswith("Kafka: SASL SCRAM-SHA-512 authentication failed"), status
+    assert status["last_error_source"] == "kafka" and status["checkpoint"] == 0
+    await admin_refuses(sasl_kafka.tls, security, "SASL SCRAM-SHA-512 authentication")
 
 
 async def test_served_sidecar_forwards_over_tls_from_environment_settings(
@@ -338,16 +316,8 @@ async def test_a_setting_gone_bad_after_start_up_is_a_kafka_configuration_error(
     secret = tmp_path / "password"
     settings = KafkaSecurity(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
                              sasl_username="orders", sasl_password_file=str(secret))
-    registry = CollectorRegistry()
     kafka = replace(section("127.0.0.1:9", "k1s0.unused.v1", settings), sasl_password="",
                     sasl_password_file=str(secret))
-    forwarder = Forwarder(config.dsn, config.schema, kafka, ForwarderSettings(backoff_max=0.5), registry=registry)
-    await forwarder.start()
-    try:
-        await store.append_events("order-gone-1", [EventEnvelope("OrderPlaced", {})])
-        await poll_until(lambda: _true(failures(registry, "configuration") > 0), 20, "a configuration failure")
-        status = forwarder.status()
-        assert status["last_error"] == f"Kafka: kafka.sasl_password_file: file not found: {secret}", status
-        assert status["last_error_source"] == "kafka" and status["state"] == "active"
-    finally:
-        await forwarder.stop()
+    status = (await refused(config, store, kafka, "order-gone-1", "a configuration failure", "configuration")).status
+    assert status["last_error"] == f"Kafka: kafka.sasl_password_file: file not found: {secret}", status
+    assert status["last_error_source"] == "kafka" and status["state"] == "active"

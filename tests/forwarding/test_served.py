@@ -20,7 +20,7 @@ from tests.support.postgres import LocalPostgres
 from tests.support.sidecar import ServedSidecar
 
 from .conftest import expected_events
-from .support import TopicReader, create_topics, judge, poll_until
+from .support import TopicReader, Verdict, create_topics, judge, poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,26 +74,40 @@ async def schema(pg: LocalPostgres) -> AsyncIterator[str]:
 
 @pytest.fixture
 def own_broker() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
+    with LocalKafka() as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
-class Writers:
+class Load:
+    """``clients`` background loops of ``_client(i)`` until ``stop``."""
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, i: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+class Writers(Load):
     """Background writers appending straight to PostgreSQL (the library), unaffected by sidecar crashes."""
 
     def __init__(self, dsn: str, schema: str, streams: int, writers: int) -> None:
+        super().__init__(writers)
         self.store = PostgresEventStore(EventStoreConfig(dsn=dsn, schema=schema, max_connections=writers + 2))
         self.streams = [f"load-{i:03d}" for i in range(streams)]
         self.writers = writers
         self.written = 0
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
-    async def _writer(self, seed: int) -> None:
+    async def _client(self, seed: int) -> None:
         rng = random.Random(seed)
         mine = self.streams[seed :: self.writers]
         while not self._stop.is_set():
@@ -102,12 +116,8 @@ class Writers:
             self.written += n
             await asyncio.sleep(0.002)
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._writer(i)) for i in range(self.writers)]
-
     async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
+        await super().stop()
         await self.store.close()
 
 
@@ -128,10 +138,7 @@ async def test_kill_9_mid_forwarding_then_restart_loses_nothing(pg: LocalPostgre
         second = served(pg.dsn, schema, kafka.bootstrap, topic).start()
         await poll_until(lambda: _at_least(second, 500), 30, "forwarding again")
         await writers.stop()
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(kafka.bootstrap, topic) as reader:
-            await reader.until_has(expected, 60)
-        verdict = judge(reader.messages, expected)
+        expected, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 60)
         print(f"\nkill -9 mid-forwarding: {len(expected)} events, {verdict.messages} messages, "
               f"{verdict.duplicates} duplicates (re-sent after the crash); checkpoint at kill "
               f"{before['checkpoint']}, head at kill {killed_at}")
@@ -142,6 +149,18 @@ async def test_kill_9_mid_forwarding_then_restart_loses_nothing(pg: LocalPostgre
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def forwarded(dsn: str, schema: str, bootstrap: str, topic: str, timeout: float,
+                    *, poll_again: bool = False) -> tuple[set[tuple[str, int]], Verdict]:
+    """Every event in the schema, read back from the topic (waiting up to ``timeout`` for all of
+    them; ``poll_again``: one more poll after that, for late duplicates), and the verdict on them."""
+    expected = await expected_events(dsn, schema)
+    async with TopicReader(bootstrap, topic) as reader:
+        await reader.until_has(expected, timeout)
+        if poll_again:
+            await reader.poll()
+    return expected, judge(reader.messages, expected)
 
 
 async def _at_least(sidecar: ServedSidecar, published: int) -> bool:
@@ -162,8 +181,7 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
             return {(await status(a))["state"], (await status(b))["state"]}
 
         await poll_until(lambda: _eq(states(), {"active", "standby"}), 20, "one active, one standby")
-        for i in range(300):
-            await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
+        await append_pairs(store, range(300))
         await poll_until(lambda: _sum_published(a, b, 300), 20, "300 published")
         sa, sb = await status(a), await status(b)
         active, standby = (a, b) if sa["state"] == "active" else (b, a)
@@ -176,15 +194,9 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
                      "eventstore_forwarder_events_published_total", "eventstore_forwarder_publish_failures_total"):
             assert name in standby_metrics
         active.kill()
-        started = time.monotonic()
-        await poll_until(lambda: _state(standby, "active"), 15, "takeover")
-        took = time.monotonic() - started
-        for i in range(300, 600):
-            await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(kafka.bootstrap, topic) as reader:
-            await reader.until_has(expected, 30)
-        verdict = judge(reader.messages, expected)
+        took = await poll_until(lambda: _state(standby, "active"), 15, "takeover")
+        await append_pairs(store, range(300, 600))
+        _, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 30)
         print(f"\ntwo sidecars: takeover {took:.2f}s after kill -9 of the active one; "
               f"{verdict.duplicates} duplicates")
         assert verdict.ok, verdict
@@ -196,15 +208,9 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
             await poll_until(lambda: _state(restarted, "standby"), 10, "restarted sidecar standby")
             survivor = standby  # active since the kill
             assert survivor.terminate() == 0
-            started = time.monotonic()
-            await poll_until(lambda: _state(restarted, "active"), 10, "takeover after SIGTERM")
-            handover = time.monotonic() - started
-            for i in range(600, 700):
-                await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
-            expected = await expected_events(pg.dsn, schema)
-            async with TopicReader(kafka.bootstrap, topic) as reader:
-                await reader.until_has(expected, 30)
-            verdict = judge(reader.messages, expected)
+            handover = await poll_until(lambda: _state(restarted, "active"), 10, "takeover after SIGTERM")
+            await append_pairs(store, range(600, 700))
+            _, verdict = await forwarded(pg.dsn, schema, kafka.bootstrap, topic, 30)
             print(f"SIGTERM of the active sidecar: takeover {handover:.2f}s; {verdict.duplicates} duplicates")
             assert verdict.ok, verdict
         finally:
@@ -213,6 +219,12 @@ async def test_two_sidecars_one_publishes_then_the_other_takes_over(pg: LocalPos
         await store.close()
         a.stop()
         b.stop()
+
+
+async def append_pairs(store: PostgresEventStore, numbers: range) -> None:
+    """One event per number, in turn over ten streams pair-0 .. pair-9."""
+    for i in numbers:
+        await store.append(f"pair-{i % 10}", [EventEnvelope("E", {"i": i})])
 
 
 async def _eq(value: Any, expected: Any) -> bool:
@@ -227,17 +239,15 @@ async def _sum_published(a: ServedSidecar, b: ServedSidecar, n: int) -> bool:
     return int((await status(a))["events_published"]) + int((await status(b))["events_published"]) >= n
 
 
-class RestLoad:
+class RestLoad(Load):
     """Appends through the sidecar's REST API; every failure is kept."""
 
     def __init__(self, sidecar: ServedSidecar, clients: int) -> None:
+        super().__init__(clients)
         self.sidecar = sidecar
-        self.clients = clients
         self.ok = 0
         self.failed: list[str] = []
         self.slowest = 0.0
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def _client(self, i: int) -> None:
         async with aiohttp.ClientSession(base_url=self.sidecar.base_url) as http:
@@ -253,13 +263,6 @@ class RestLoad:
                 self.slowest = max(self.slowest, time.monotonic() - started)
                 k += 1
                 await asyncio.sleep(0.01)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
 
 
 async def test_broker_frozen_20s_then_replaced_by_an_empty_one(pg: LocalPostgres, schema: str,
@@ -289,10 +292,7 @@ async def test_broker_frozen_20s_then_replaced_by_an_empty_one(pg: LocalPostgres
         final = await head(pg.dsn, schema)
         await poll_until(lambda: _drained(sidecar, final), 60, "backlog drained")
         drain = time.monotonic() - thawed_at
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(own_broker.bootstrap, topic) as reader:
-            await reader.until_has(expected, 30)
-        verdict = judge(reader.messages, expected)
+        _, verdict = await forwarded(pg.dsn, schema, own_broker.bootstrap, topic, 30)
         print(f"\nbroker frozen 20s: {load.ok} REST appends, none failed (slowest {load.slowest:.3f}s), "
               f"lag {frozen['lag_events']} events / {frozen['lag_seconds']}s at thaw; drained {drain:.1f}s after "
               f"thaw; {verdict.duplicates} duplicates")
@@ -365,11 +365,7 @@ async def test_kill_9_while_a_round_is_in_flight_duplicates_counted(pg: LocalPos
         own_broker.thaw()
         second = served(pg.dsn, schema, own_broker.bootstrap, topic).start()
         await poll_until(lambda: _drained(second, 500), 60, "drained after restart")
-        expected = await expected_events(pg.dsn, schema)
-        async with TopicReader(own_broker.bootstrap, topic) as reader:
-            await reader.until_has(expected, 30)
-            await reader.poll()
-        verdict = judge(reader.messages, expected)
+        expected, verdict = await forwarded(pg.dsn, schema, own_broker.bootstrap, topic, 30, poll_again=True)
         print(f"\nkill -9 with a round in flight on a frozen broker: {len(expected)} events, {verdict.messages} "
               f"messages, {verdict.duplicates} duplicates")
         assert verdict.ok, verdict

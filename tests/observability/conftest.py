@@ -5,11 +5,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import create_schema, drop_schema
 from tests.forwarding.support import create_topics
 from tests.support.kafka import LocalKafka
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 
 from .otlp import OtlpReceiver, exporter_env
 
@@ -32,15 +31,11 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 async def traced(pg: LocalPostgres, kafka: LocalKafka, topic: str, receiver: OtlpReceiver
                  ) -> AsyncIterator[ServedSidecar]:
     """One sidecar with tracing on (by OTEL_* only) and the forwarder on."""
-    schema = await create_schema(pg.dsn, "otel")
-    sidecar = ServedSidecar(pg.dsn, schema, env={
+    env = {
         "EVENTSTORE_KAFKA_BROKERS": kafka.bootstrap,
         "EVENTSTORE_KAFKA_TOPIC_PUBLISHED": topic,
         "EVENTSTORE_KAFKA_ENABLE_IDEMPOTENCE": "false",  # Tansu cannot
         **exporter_env(receiver, "sidecar-under-test"),
-    }).start()
-    try:
+    }
+    async with served_schema(pg.dsn, "otel", env=env) as sidecar:
         yield sidecar
-    finally:
-        sidecar.stop()
-        await drop_schema(pg.dsn, schema)

@@ -11,6 +11,7 @@ import itertools
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,6 +121,18 @@ async def stop_operator(op: RunningOperator) -> None:
     assert not op.errors, op.errors
 
 
+@asynccontextmanager
+async def operator_running(
+    config: Config, namespaces: list[str], clusters: Clusters | None = None
+) -> AsyncIterator[RunningOperator]:
+    """The operator in a thread of its own for the block; stopped (and checked for errors) after it."""
+    op = await start_operator(config, namespaces, clusters)
+    try:
+        yield op
+    finally:
+        await stop_operator(op)
+
+
 @pytest.fixture
 def namespace() -> str:
     return new_namespace()
@@ -130,11 +143,8 @@ async def operator(
     api: ApiServer, pg: LocalPostgres, kafka: LocalKafka, namespace: str
 ) -> AsyncIterator[RunningOperator]:
     await api.create_namespace(namespace)
-    op = await start_operator(operator_config(pg.dsn, kafka.bootstrap), [namespace])
-    try:
+    async with operator_running(operator_config(pg.dsn, kafka.bootstrap), [namespace]) as op:
         yield op
-    finally:
-        await stop_operator(op)
 
 
 def event_stream(name: str, namespace: str, spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:

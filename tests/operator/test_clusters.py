@@ -12,6 +12,7 @@ import base64
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,8 +35,7 @@ from tests.operator.conftest import (
     event_stream,
     eventually,
     load_crd,
-    start_operator,
-    stop_operator,
+    operator_running,
 )
 from tests.operator.test_reconcile import ready, secret_dsn, with_condition
 from tests.support.kafka import LocalKafka
@@ -49,15 +49,14 @@ CNPG_NAMESPACE = "databases"
 
 @pytest.fixture(scope="module")
 def west() -> Iterator[LocalPostgres]:
-    server = LocalPostgres(fsync=False)
-    server.start()
-    try:
+    with LocalPostgres(fsync=False) as server:
         yield server
-    finally:
-        server.destroy()
 
 
-async def start(pg: LocalPostgres, west: LocalPostgres, kafka: LocalKafka, namespace: str) -> RunningOperator:
+def started(
+    pg: LocalPostgres, west: LocalPostgres, kafka: LocalKafka, namespace: str
+) -> AbstractAsyncContextManager[RunningOperator]:
+    """The operator with the cluster map of this module (east, west and two references to west)."""
     config, clusters = load_operator(None, {
         "EVENTSTORE_DATABASE_URL": pg.dsn,
         "EVENTSTORE_KAFKA_BROKERS": kafka.bootstrap,
@@ -70,7 +69,7 @@ async def start(pg: LocalPostgres, west: LocalPostgres, kafka: LocalKafka, names
         }),
     })
     assert clusters.names() == ["cnpg-west", "default", "east", "ref-west", "west"]
-    return await start_operator(config, [namespace], clusters)
+    return operator_running(config, [namespace], clusters)
 
 
 @pytest.fixture
@@ -79,11 +78,8 @@ async def operator(
 ) -> AsyncIterator[RunningOperator]:
     await api.create_namespace(namespace)
     await api.create_namespace(CNPG_NAMESPACE)
-    op = await start(pg, west, kafka, namespace)
-    try:
+    async with started(pg, west, kafka, namespace) as op:
         yield op
-    finally:
-        await stop_operator(op)
 
 
 async def placement(server: LocalPostgres, schema: str) -> tuple[bool, bool]:

@@ -25,14 +25,8 @@ from tests.support.postgres import LocalPostgres, free_port
 
 @pytest.fixture
 def frozen_kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    broker.start()
-    try:
+    with LocalKafka() as broker:  # stopping it thaws it first
         yield broker
-    finally:
-        if broker.proc is not None:
-            broker.thaw()
-        broker.stop()
 
 
 def test_stalled_counts_only_reconciles_past_the_limit() -> None:

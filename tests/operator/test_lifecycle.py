@@ -21,8 +21,7 @@ from tests.operator.conftest import (
     event_stream,
     eventually,
     operator_config,
-    start_operator,
-    stop_operator,
+    operator_running,
 )
 from tests.operator.test_reconcile import ready, secret_dsn, topic_partitions, with_condition
 from tests.support.kafka import LocalKafka
@@ -46,6 +45,15 @@ async def role_exists(pg_dsn: str, role: str) -> bool:
     return await pg_has(pg_dsn, "SELECT 1 FROM pg_roles WHERE rolname = $1", role)
 
 
+async def provisioned(api: ApiServer, namespace: str, name: str, partitions: int) -> tuple[str, str]:
+    """An EventStream with a topic of its own, once Ready: (that topic, its schema)."""
+    topic = f"{namespace}.{name}.v1"
+    spec = {"kafka": {"topic": topic, "partitions": partitions}}
+    await api.put_object(EVS, namespace, event_stream(name, namespace, spec))
+    obj = await ready(api, namespace, name)
+    return topic, obj["status"]["schema"]
+
+
 async def events_with(api: ApiServer, namespace: str, name: str, reason: str, count: int = 1) -> list[dict[str, Any]]:
     async def check() -> list[dict[str, Any]] | None:
         found = [e for e in api.events_for(namespace, name) if e["reason"] == reason]
@@ -64,10 +72,7 @@ async def gone(api: ApiServer, namespace: str, name: str) -> None:
 async def test_drift_is_repaired_and_reported(
     api: ApiServer, operator: RunningOperator, pg: LocalPostgres, kafka: LocalKafka, namespace: str
 ) -> None:
-    topic = f"{namespace}.drift.v1"
-    await api.put_object(EVS, namespace, event_stream("drift", namespace, {"kafka": {"topic": topic, "partitions": 2}}))
-    obj = await ready(api, namespace, "drift")
-    schema = obj["status"]["schema"]
+    topic, schema = await provisioned(api, namespace, "drift", partitions=2)
     role = f"{schema}_app"
     old_dsn = secret_dsn(api, namespace, "drift-eventstore-db")
 
@@ -111,10 +116,7 @@ async def test_drift_is_repaired_and_reported(
 async def test_delete_with_retain_keeps_schema_role_and_topic(
     api: ApiServer, operator: RunningOperator, pg: LocalPostgres, kafka: LocalKafka, namespace: str
 ) -> None:
-    topic = f"{namespace}.kept.v1"
-    await api.put_object(EVS, namespace, event_stream("kept", namespace, {"kafka": {"topic": topic, "partitions": 1}}))
-    obj = await ready(api, namespace, "kept")
-    schema = obj["status"]["schema"]
+    topic, schema = await provisioned(api, namespace, "kept", partitions=1)
     await api.delete_object(EVS, namespace, "kept")
     await gone(api, namespace, "kept")
     retained = await events_with(api, namespace, "kept", "Retained")
@@ -185,8 +187,7 @@ async def test_postgres_down_during_create_is_retried_then_ready_and_credentials
     await api.create_namespace(namespace)
     admin_dsn = flaky_pg.dsn_for("k1s0admin", ADMIN_PASSWORD)
     await asyncio.to_thread(flaky_pg.stop)
-    op = await start_operator(operator_config(admin_dsn, kafka.bootstrap), [namespace])
-    try:
+    async with operator_running(operator_config(admin_dsn, kafka.bootstrap), [namespace]):
         await api.put_object(EVS, namespace, event_stream("late", namespace, {"kafka": {"topic": f"{namespace}.late"}}))
         obj = await with_condition(api, namespace, "late", "SchemaReady", "DatabaseUnavailable")
         assert condition(obj, "SchemaReady")["status"] == "False"
@@ -198,8 +199,6 @@ async def test_postgres_down_during_create_is_retried_then_ready_and_credentials
         await asyncio.to_thread(flaky_pg.start)
         obj = await ready(api, namespace, "late")
         assert obj["status"]["phase"] == "Ready"
-    finally:
-        await stop_operator(op)
 
     # The admin password is nowhere: not in the status, not in events, not in any log line
     # (the capture does see the operator thread's logs, retries included).
@@ -217,21 +216,15 @@ async def test_a_restarted_operator_resumes_and_repairs(
 ) -> None:
     await api.create_namespace(namespace)
     config = operator_config(pg.dsn, kafka.bootstrap)
-    op = await start_operator(config, [namespace])
-    try:
+    async with operator_running(config, [namespace]):
         await api.put_object(EVS, namespace, event_stream("resumed", namespace, {"kafka": {"topic": f"{namespace}.r"}}))
         await ready(api, namespace, "resumed")
-    finally:
-        await stop_operator(op)
     # While no operator runs, the ConfigMap is deleted.
     await api.delete_object(CONFIGMAPS, namespace, "resumed-eventstore-config")
-    op = await start_operator(config, [namespace])
-    try:
+    async with operator_running(config, [namespace]):
         async def configmap_back() -> bool:
             return api.obj(CONFIGMAPS, namespace, "resumed-eventstore-config") is not None
 
         await eventually(configmap_back, 15, "the ConfigMap to be re-created on resume")
         repaired = await events_with(api, namespace, "resumed", "DriftRepaired")
         assert "ConfigMap resumed-eventstore-config was missing" in repaired[0]["message"]
-    finally:
-        await stop_operator(op)

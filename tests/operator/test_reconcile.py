@@ -24,8 +24,7 @@ from tests.operator.conftest import (
     event_stream,
     eventually,
     operator_config,
-    start_operator,
-    stop_operator,
+    operator_running,
 )
 from tests.support.kafka import LocalKafka
 from tests.support.kube import ApiError, ApiServer
@@ -347,8 +346,7 @@ async def test_an_unreachable_broker_is_retried_with_the_reason_in_the_status(
     api: ApiServer, pg: LocalPostgres, namespace: str
 ) -> None:
     await api.create_namespace(namespace)
-    op = await start_operator(operator_config(pg.dsn, f"127.0.0.1:{free_port()}"), [namespace])
-    try:
+    async with operator_running(operator_config(pg.dsn, f"127.0.0.1:{free_port()}"), [namespace]):
         await api.put_object(EVS, namespace, event_stream("nobroker", namespace))
         obj = await with_condition(api, namespace, "nobroker", "TopicReady", "BrokerUnavailable", timeout=60)
         assert condition(obj, "TopicReady")["status"] == "False"
@@ -362,8 +360,6 @@ async def test_an_unreachable_broker_is_retried_with_the_reason_in_the_status(
 
         retries = await eventually(retried, 10, "a BrokerUnavailable event")
         assert "retrying in" in retries[0]["message"]
-    finally:
-        await stop_operator(op)
 
 
 async def test_reconciling_again_changes_nothing(

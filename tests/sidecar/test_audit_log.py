@@ -22,10 +22,9 @@ import pytest
 
 from k1s0_event_store.protocol import event_store_pb2 as pb
 from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
-from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims
-from tests.conftest import create_schema, drop_schema
+from tests.auth.support import CLIENT_ID, JwksServer, SigningKey, claims, jwt_env
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 
 AUDIT_LOGGER = "k1s0_sidecar.audit"
 #: Every audit record has these keys, whatever the operation and outcome.
@@ -42,21 +41,9 @@ def key() -> SigningKey:
 
 
 @pytest.fixture(scope="module")
-async def served(pg: LocalPostgres, key: SigningKey) -> AsyncIterator[ServedSidecar]:
-    keys = JwksServer()
-    keys.publish(key)
-    await keys.start()
-    schema = await create_schema(pg.dsn, "audit")
-    sidecar = ServedSidecar(pg.dsn, schema, env={
-        "EVENTSTORE_AUTH_MODE": "jwt", "EVENTSTORE_AUTH_JWKS_URL": keys.url, "EVENTSTORE_AUTH_ISSUER": ISSUER,
-        "EVENTSTORE_AUTH_AUDIENCE": AUDIENCE, "EVENTSTORE_AUTH_CLIENT_ID": CLIENT_ID,
-    }).start()  # app.log_format is not set: JSON is the default
-    try:
-        yield sidecar
-    finally:
-        sidecar.stop()
-        await drop_schema(pg.dsn, schema)
-        await keys.stop()
+async def sidecar(pg: LocalPostgres, key: SigningKey) -> AsyncIterator[ServedSidecar]:
+    async with JwksServer.serving(key) as keys, served_schema(pg.dsn, "audit", env=jwt_env(keys.url)) as served:
+        yield served  # app.log_format is not set: JSON is the default
 
 
 @pytest.fixture(scope="module")
@@ -68,31 +55,19 @@ def tokens(key: SigningKey) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def http(served: ServedSidecar) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=served.base_url) as session:
-        yield session
-
-
-@pytest.fixture
-async def stub(served: ServedSidecar) -> AsyncIterator[Any]:
-    async with grpc.aio.insecure_channel(served.grpc_target) as channel:
-        yield pb_grpc.EventStoreServiceStub(channel)
-
-
-def records(served: ServedSidecar) -> list[dict[str, Any]]:
+def records(sidecar: ServedSidecar) -> list[dict[str, Any]]:
     out = []
-    for line in served.log_path.read_text(errors="replace").splitlines():
+    for line in sidecar.log_path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             out.append(json.loads(line))  # a line that looks like JSON must be JSON
     return out
 
 
-def audit_of(served: ServedSidecar, request_id: str, timeout: float = 10) -> dict[str, Any]:
+def audit_of(sidecar: ServedSidecar, request_id: str, timeout: float = 10) -> dict[str, Any]:
     """The one audit record of a request (polled: the line is written as the answer goes out)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [r for r in records(served) if r.get("logger") == AUDIT_LOGGER and r.get("request_id") == request_id]
+        found = [r for r in records(sidecar) if r.get("logger") == AUDIT_LOGGER and r.get("request_id") == request_id]
         if found or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -133,14 +108,14 @@ def events(n: int) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 async def test_rest_writes_accepted_and_refused(
-    served: ServedSidecar, http: aiohttp.ClientSession, tokens: dict[str, str]
+    sidecar: ServedSidecar, http: aiohttp.ClientSession, tokens: dict[str, str]
 ) -> None:
     stream = f"order-{uuid.uuid4().hex[:12]}"
     path = f"/api/v1/streams/{stream}/events"
     body, ids = events(3)
     status, request_id = await rest(http, "POST", path, tokens["operator"], {"events": body, "expected_version": -1})
     assert status == 201
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert {k: r[k] for k in ("operation", "protocol", "subject", "roles", "role", "stream_id", "expected_version",
                               "resulting_version", "event_count", "first_event_id", "last_event_id", "event_ids",
                               "outcome", "error_code", "http_status")} == {
@@ -151,49 +126,49 @@ async def test_rest_writes_accepted_and_refused(
 
     # any version: expected_version null
     status, request_id = await rest(http, "POST", path, tokens["operator"], {"events": events(1)[0]})
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 201 and r["expected_version"] is None and r["resulting_version"] == 4
 
     # 409: the conflict names what was expected and what was found; nothing resulted
     status, request_id = await rest(http, "POST", path, tokens["operator"],
                                     {"events": events(1)[0], "expected_version": 1})
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 409
     assert (r["outcome"], r["error_code"], r["http_status"]) == ("failure", "SYS_EVSTORE_VERSION_CONFLICT", 409)
     assert (r["expected_version"], r["actual_version"], r["resulting_version"]) == (1, 4, None)
 
     # 400: refused before anything is known about the events
     status, request_id = await rest(http, "POST", path, tokens["operator"], {"events": [{"payload": SECRET}]})
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 400 and (r["outcome"], r["error_code"]) == ("failure", "SYS_EVSTORE_VALIDATION_ERROR")
     assert r["stream_id"] == stream and r["subject"] == "operator-1"
 
     # 403: authenticated, role too low; 401: no token at all
     status, request_id = await rest(http, "POST", path, tokens["auditor"], {"events": body})
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 403 and (r["error_code"], r["http_status"]) == ("SYS_EVSTORE_PERMISSION_DENIED", 403)
     assert (r["subject"], r["roles"], r["role"]) == ("auditor-1", ["offline_access", "sys_auditor"], "sys_auditor")
     assert r["event_count"] is None  # the body was never read
     status, request_id = await rest(http, "DELETE", f"/api/v1/streams/{stream}", None)
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 401 and (r["operation"], r["error_code"], r["subject"]) == (
         "delete_stream", "SYS_EVSTORE_UNAUTHENTICATED", None)
 
     # snapshot and deletion
     status, request_id = await rest(http, "POST", f"/api/v1/streams/{stream}/snapshots", tokens["operator"],
                                     {"snapshot_version": 2, "state": {"card": SECRET}})
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 201 and (r["operation"], r["snapshot_version"], r["outcome"]) == (
         "create_snapshot", 2, "success")
     assert r["snapshot_id"].startswith("snap_")
     status, request_id = await rest(http, "DELETE", f"/api/v1/streams/{stream}", tokens["admin"])
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert status == 200 and (r["operation"], r["deleted_events"], r["subject"]) == ("delete_stream", 4, "admin-1")
 
     # reads are not writes: no audit record
     status, request_id = await rest(http, "GET", f"/api/v1/streams/{stream}/events", tokens["auditor"])
     assert status == 404
-    assert not [x for x in records(served) if x.get("request_id") == request_id]
+    assert not [x for x in records(sidecar) if x.get("request_id") == request_id]
 
 
 async def grpc_call(call: Any) -> str:
@@ -204,7 +179,7 @@ async def grpc_call(call: Any) -> str:
     return "OK"
 
 
-async def test_grpc_writes_accepted_and_refused(served: ServedSidecar, stub: Any, tokens: dict[str, str]) -> None:
+async def test_grpc_writes_accepted_and_refused(sidecar: ServedSidecar, stub: Any, tokens: dict[str, str]) -> None:
     stream = f"order-{uuid.uuid4().hex[:12]}"
     ids = [str(uuid.uuid4()) for _ in range(2)]
     data = [pb.EventData(event_type="OrderPlaced", payload_json=json.dumps({"card": SECRET}).encode(), event_id=i,
@@ -219,7 +194,7 @@ async def test_grpc_writes_accepted_and_refused(served: ServedSidecar, stub: Any
         if expected is not None:
             request.expected_version = expected
         code = await grpc_call(stub.AppendEvents(request, metadata=md(token, request_id)))
-        return code, audit_of(served, request_id)
+        return code, audit_of(sidecar, request_id)
 
     code, r = await append(tokens["operator"], None, data)  # unset: version 0, a new stream
     assert code == "OK"
@@ -243,32 +218,32 @@ async def test_grpc_writes_accepted_and_refused(served: ServedSidecar, stub: Any
     code = await grpc_call(stub.CreateSnapshot(pb.CreateSnapshotRequest(
         stream_id=stream, snapshot_version=3, state_json=json.dumps({"card": SECRET}).encode()),
         metadata=md(tokens["operator"], request_id)))
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert code == "OK" and (r["operation"], r["snapshot_version"], r["outcome"]) == ("create_snapshot", 3, "success")
 
     request_id = rid()
     older = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     code = await grpc_call(stub.PruneSnapshots(pb.PruneSnapshotsRequest(older_than=older),
                                                metadata=md(tokens["admin"], request_id)))
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert code == "OK" and (r["operation"], r["stream_id"], r["subject"]) == ("prune_snapshots", None, "admin-1")
     assert r["removed_snapshots"] == 0 and datetime.fromisoformat(r["older_than"]) > datetime.now(UTC)
 
     request_id = rid()
     code = await grpc_call(stub.DeleteStream(pb.DeleteStreamRequest(stream_id=stream),
                                              metadata=md(tokens["operator"], request_id)))
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert code == "PERMISSION_DENIED" and (r["operation"], r["error_code"]) == (
         "delete_stream", "SYS_EVSTORE_PERMISSION_DENIED")
     request_id = rid()
     code = await grpc_call(stub.DeleteStream(pb.DeleteStreamRequest(stream_id=stream),
                                              metadata=md(None, request_id)))
-    r = audit_of(served, request_id)
+    r = audit_of(sidecar, request_id)
     assert code == "UNAUTHENTICATED" and (r["error_code"], r["subject"]) == ("SYS_EVSTORE_UNAUTHENTICATED", None)
 
 
 async def test_no_payload_metadata_state_or_token_is_ever_logged(
-    served: ServedSidecar, http: aiohttp.ClientSession, stub: Any, tokens: dict[str, str]
+    sidecar: ServedSidecar, http: aiohttp.ClientSession, stub: Any, tokens: dict[str, str]
 ) -> None:
     """Writes whose payloads, metadata and state carry ``SECRET``, accepted and refused, with good,
     forged and garbage tokens on both protocols: none of it is anywhere in the process's output
@@ -289,28 +264,26 @@ async def test_no_payload_metadata_state_or_token_is_ever_logged(
     for token in (forged, f"{SECRET}.{SECRET}.{SECRET}"):
         assert (await rest(http, "POST", f"/api/v1/streams/{stream}/events", token, body))[0] == 401
         assert await grpc_call(stub.AppendEvents(append, metadata=md(token, rid()))) == "UNAUTHENTICATED"
-    ours = [r for r in records(served) if r.get("logger") == AUDIT_LOGGER and r["stream_id"] == stream]
+    ours = [r for r in records(sidecar) if r.get("logger") == AUDIT_LOGGER and r["stream_id"] == stream]
     assert len(ours) == 9, "every write above was audited"
-    output = served.log_path.read_text(errors="replace")
+    output = sidecar.log_path.read_text(errors="replace")
     assert SECRET not in output
     for token in (*tokens.values(), forged):
         for part in token.split("."):
             assert part not in output
 
 
-async def test_json_mode_has_no_access_log(served: ServedSidecar, http: aiohttp.ClientSession) -> None:
+async def test_json_mode_has_no_access_log(sidecar: ServedSidecar, http: aiohttp.ClientSession) -> None:
     async with http.get("/healthz") as r:
         assert r.status == 200
-    assert not [r for r in records(served) if r.get("logger") == "k1s0_sidecar.access"]
+    assert not [r for r in records(sidecar) if r.get("logger") == "k1s0_sidecar.access"]
 
 
 async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) -> None:
     """``app.log_format: text`` (``make run``): readable lines, one access line per request on both
     protocols, and the audit record of each write as a sentence."""
-    schema = await create_schema(pg.dsn, "audtxt")
-    sidecar = ServedSidecar(pg.dsn, schema, env={"EVENTSTORE_APP_LOG_FORMAT": "text"}).start()
     stream = f"order-{uuid.uuid4().hex[:12]}"
-    try:
+    async with served_schema(pg.dsn, "audtxt", env={"EVENTSTORE_APP_LOG_FORMAT": "text"}) as sidecar:
         async with aiohttp.ClientSession(base_url=sidecar.base_url) as http:
             async with http.get("/healthz?probe=1") as r:
                 assert r.status == 200
@@ -330,10 +303,10 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
         wanted = [
             "k1s0_sidecar.access: GET /healthz 200 ",  # the query is not logged
             f"k1s0_sidecar.access: POST /api/v1/streams/{stream}/events 201 ",
-            f"k1s0_sidecar.audit: append {stream} by anonymous: 1 event, now at version 1",
+            f"k1s0_sidecar._audit: append {stream} by anonymous: 1 event, now at version 1",
             "k1s0_sidecar.access: gRPC ReadEvents OK ",
             "k1s0_sidecar.access: gRPC AppendEvents ABORTED ",
-            f"k1s0_sidecar.audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
+            f"k1s0_sidecar._audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
             "k1s0_sidecar.access: gRPC SubscribeToStream CANCELLED ",
         ]
         deadline = time.monotonic() + 10
@@ -347,9 +320,6 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
         assert all(" INFO " in line for line in lines if "k1s0_sidecar.access:" in line)
         assert not [line for line in lines if line.startswith("{")]
         assert SECRET not in "\n".join(lines) and "probe=1" not in "\n".join(lines)
-    finally:
-        sidecar.stop()
-        await drop_schema(pg.dsn, schema)
 
 
 def test_log_format_is_validated() -> None:

@@ -17,7 +17,6 @@ import asyncpg
 import grpc
 import pytest
 
-from tests.conftest import create_schema, drop_schema
 from tests.support.bursts import (
     Outcome,
     burst,
@@ -29,7 +28,7 @@ from tests.support.bursts import (
     rest_append,
 )
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 
 POISONS = {
     # class 23: a CHECK constraint refuses the row
@@ -39,10 +38,8 @@ POISONS = {
 }
 
 
-@pytest.fixture(scope="module")
-async def guarded(pg: LocalPostgres) -> AsyncIterator[ServedSidecar]:
-    schema = await create_schema(pg.dsn, "iso")
-    conn = await asyncpg.connect(pg.dsn)
+async def add_poison_checks(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
             f'ALTER TABLE "{schema}".events ADD CONSTRAINT test_no_poison CHECK (event_type <> \'Poison\')'
@@ -53,12 +50,12 @@ async def guarded(pg: LocalPostgres) -> AsyncIterator[ServedSidecar]:
         )
     finally:
         await conn.close()
-    served = ServedSidecar(pg.dsn, schema).start()
-    try:
+
+
+@pytest.fixture(scope="module")
+async def guarded(pg: LocalPostgres) -> AsyncIterator[ServedSidecar]:
+    async with served_schema(pg.dsn, "iso", prepare=lambda schema: add_poison_checks(pg.dsn, schema)) as served:
         yield served
-    finally:
-        served.stop()
-        await drop_schema(pg.dsn, schema)
 
 
 @pytest.fixture

@@ -18,10 +18,9 @@ import yarl
 from k1s0_event_store.protocol import event_store_pb2 as pb
 from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_sidecar._errors import error_info_from_call
-from tests.conftest import create_schema, drop_schema
 from tests.support.bursts import metric, wait_for
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 
 MAX_INT64 = 2**63 - 1
 ANY = pb.EXPECTED_VERSION_ANY  # gRPC appends below go to streams that already have events
@@ -220,15 +219,9 @@ async def test_malformed_http_is_a_400(request_bytes: bytes, sidecar: ServedSide
 @pytest.fixture(scope="module")
 async def impatient(pg: LocalPostgres) -> AsyncIterator[ServedSidecar]:
     """A sidecar with one-second header and body timeouts."""
-    schema = await create_schema(pg.dsn, "imp")
-    served = ServedSidecar(pg.dsn, schema, env={
-        "EVENTSTORE_SERVER_HEADER_TIMEOUT_SECONDS": "1", "EVENTSTORE_SERVER_BODY_TIMEOUT_SECONDS": "1",
-    }).start()
-    try:
+    env = {"EVENTSTORE_SERVER_HEADER_TIMEOUT_SECONDS": "1", "EVENTSTORE_SERVER_BODY_TIMEOUT_SECONDS": "1"}
+    async with served_schema(pg.dsn, "imp", env=env) as served:
         yield served
-    finally:
-        served.stop()
-        await drop_schema(pg.dsn, schema)
 
 
 async def test_slow_request_headers_are_cut_off(impatient: ServedSidecar) -> None:

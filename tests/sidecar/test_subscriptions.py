@@ -21,7 +21,7 @@ from k1s0_sidecar._subscriptions import SubscriptionHub
 from k1s0_sidecar._wire import sse_frame
 from tests.conftest import create_schema, drop_schema
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 
 
 def any_version(**fields: Any) -> pb.AppendEventsRequest:
@@ -62,13 +62,8 @@ async def collect_all(stub: pb_grpc.EventStoreServiceStub, req: pb.SubscribeToAl
 
 @pytest.fixture
 async def fresh(pg: LocalPostgres) -> AsyncIterator[ServedSidecar]:
-    schema = await create_schema(pg.dsn, "sub")
-    served = ServedSidecar(pg.dsn, schema, env={"EVENTSTORE_EVENT_STORE_SUBSCRIPTION_BUFFER": "200"}).start()
-    try:
+    async with served_schema(pg.dsn, "sub", env={"EVENTSTORE_EVENT_STORE_SUBSCRIPTION_BUFFER": "200"}) as served:
         yield served
-    finally:
-        served.stop()
-        await drop_schema(pg.dsn, schema)
 
 
 @pytest.mark.slow

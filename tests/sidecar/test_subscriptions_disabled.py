@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from k1s0_event_store import EventStoreConfig, PostgresEventStore, PostgresSnapshotStore
-from k1s0_event_store._proto import event_store_pb2 as pb
-from k1s0_event_store._proto import event_store_pb2_grpc as pb_grpc
+from k1s0_event_store.protocol import event_store_pb2 as pb
+from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.sidecar_config import EventStoreSection
 from k1s0_sidecar._authz import NoAuthenticator
 from k1s0_sidecar._errors import error_info_from_call

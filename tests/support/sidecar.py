@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,9 +11,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.support.postgres import free_ports
+from tests.support.postgres import create_schema, drop_schema, free_ports
 
 
 class ServedSidecar:
@@ -101,3 +104,24 @@ class ServedSidecar:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+
+@asynccontextmanager
+async def served_schema(dsn: str, prefix: str, *, env: dict[str, str] | None = None,
+                        prepare: Callable[[str], Awaitable[None]] | None = None) -> AsyncIterator[ServedSidecar]:
+    """A sidecar process serving a freshly migrated schema of its own, dropped afterwards.
+
+    ``prepare`` gets the schema's name before the sidecar starts. The process is started and
+    stopped off the event loop: a key server the test runs on this loop must keep answering."""
+    schema = await create_schema(dsn, prefix)
+    try:
+        if prepare is not None:
+            await prepare(schema)
+        served = ServedSidecar(dsn, schema, env=env)
+        await asyncio.to_thread(served.start)
+        try:
+            yield served
+        finally:
+            await asyncio.to_thread(served.stop)
+    finally:
+        await drop_schema(dsn, schema)

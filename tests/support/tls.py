@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.process import Started, stop_process
+
 
 def stunnel_binary() -> str:
     found = shutil.which("stunnel4") or shutil.which("stunnel")
@@ -100,7 +102,7 @@ class TestCA:
         return cert_file, key_file
 
 
-class Stunnel:
+class Stunnel(Started):
     """One stunnel process; ``services`` maps a name to (accept port, forward port, cert, key).
     ``client_ca``: services that require a client certificate signed by that CA (mutual TLS)."""
 
@@ -146,11 +148,6 @@ class Stunnel:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.auth.support import AUDIENCE, CLIENT_ID, ISSUER, JwksServer, SigningKey, claims
+from tests.auth.support import JwksServer, SigningKey, claims, jwt_env
 from tests.conftest import create_schema, drop_schema
 from tests.support.postgres import LocalPostgres
-from tests.support.sidecar import ServedSidecar
+from tests.support.sidecar import ServedSidecar, served_schema
 from tests.ui.conftest import SCREENSHOTS
 
 LIVE_WITHIN_MS = 2000
@@ -31,13 +31,8 @@ Page = Any
 
 @pytest.fixture(scope="module")
 async def sidecar(pg: LocalPostgres) -> AsyncIterator[ServedSidecar]:
-    schema = await create_schema(pg.dsn, "ui")
-    served = ServedSidecar(pg.dsn, schema).start()
-    try:
+    async with served_schema(pg.dsn, "ui") as served:
         yield served
-    finally:
-        served.stop()
-        await drop_schema(pg.dsn, schema)
 
 
 class Console:
@@ -243,21 +238,8 @@ async def test_paging_through_a_stream_and_the_global_log(console: Console, side
 @pytest.fixture(scope="module")
 async def jwt_sidecar(pg: LocalPostgres) -> AsyncIterator[tuple[ServedSidecar, SigningKey]]:
     key = SigningKey.rsa("ui-rsa")
-    jwks = JwksServer()
-    jwks.publish(key)
-    await jwks.start()
-    schema = await create_schema(pg.dsn, "uiauth")
-    served = ServedSidecar(pg.dsn, schema, env={
-        "EVENTSTORE_AUTH_MODE": "jwt", "EVENTSTORE_AUTH_JWKS_URL": jwks.url, "EVENTSTORE_AUTH_ISSUER": ISSUER,
-        "EVENTSTORE_AUTH_AUDIENCE": AUDIENCE, "EVENTSTORE_AUTH_CLIENT_ID": CLIENT_ID,
-    })
-    await asyncio.to_thread(served.start)
-    try:
+    async with JwksServer.serving(key) as jwks, served_schema(pg.dsn, "uiauth", env=jwt_env(jwks.url)) as served:
         yield served, key
-    finally:
-        await asyncio.to_thread(served.stop)
-        await drop_schema(pg.dsn, schema)
-        await jwks.stop()
 
 
 async def test_auth_on_token_401_and_403(browser: Any, jwt_sidecar: tuple[ServedSidecar, SigningKey]) -> None:

@@ -1,9 +1,9 @@
 // All events: the global log by sequence, filtered by event type and stream prefix, with a jump
 // to a sequence; the newest page follows new events live (SSE) unless paused.
 
-import { follow, getJson } from "./api.js";
+import { getJson } from "./api.js";
 import { h, href, mount } from "./dom.js";
-import { eventRow, followToggle } from "./events_common.js";
+import { eventRow, liveTail } from "./events_common.js";
 
 const LIMIT = 50;
 
@@ -31,29 +31,13 @@ export function eventsView({ main, params, report }) {
   mount(main, h("h1", {}, "All events"), filters, heading, controls, list, pager);
 
   const filter = { event_type: type ? [type] : [], stream_prefix: prefix ? [prefix] : [] };
-  let live = null;
   let alive = true;
   let lastSequence = 0;
-  const toggle = followToggle(true, (on) => (on ? start() : stop()));
-  function stop() {
-    if (live) live.abort();
-    live = null;
-    toggle.setState("paused");
-  }
-  function start() {
-    stop();
-    live = new AbortController();
-    toggle.setState("connecting…");
-    follow("/api/v1/subscribe", { after_sequence: lastSequence, ...filter }, {
-      signal: live.signal,
-      onState: (s) => toggle.setState(s),
-      onEvent: (e) => {
-        if (e.sequence <= lastSequence) return;
-        lastSequence = e.sequence;
-        list.append(eventRow(e));
-      },
-    });
-  }
+  const tail = liveTail("/api/v1/subscribe", () => ({ after_sequence: lastSequence, ...filter }), (e) => {
+    if (e.sequence <= lastSequence) return;
+    lastSequence = e.sequence;
+    list.append(eventRow(e));
+  });
 
   (async () => {
     const head = (await getJson("/api/v1/events", { after_sequence: 0, limit: 1 })).head_sequence;
@@ -73,16 +57,11 @@ export function eventsView({ main, params, report }) {
       after > 0 ? h("a", { href: href("/events", { ...keep, from: Math.max(1, after - LIMIT + 1) }), rel: "prev" }, "‹ earlier") : null,
       !newest ? h("a", { href: href("/events", { ...keep, from: lastSequence + 1 }), rel: "next" }, "later ›") : null,
       !newest || from ? h("a", { href: href("/events", keep) }, "newest »") : null);
-    if (newest) {
-      mount(controls, toggle.element);
-      start();
-    } else {
-      mount(controls, h("span", { class: "muted" }, "Live follow runs on the newest page."));
-    }
+    tail.show(controls, newest);
   })().catch(report);
 
   return () => {
     alive = false;
-    stop();
+    tail.stop();
   };
 }

@@ -1,6 +1,7 @@
 // One event as an expandable row: the summary line, then payload and metadata pretty-printed.
 
-import { h, href, pretty, time } from "./dom.js";
+import { follow } from "./api.js";
+import { h, href, mount, pretty, time } from "./dom.js";
 
 export function eventRow(e, { showStream = true } = {}) {
   return h(
@@ -46,6 +47,39 @@ export function followToggle(initial, onChange) {
     },
     set(checked) {
       box.checked = checked;
+    },
+  };
+}
+
+/**
+ * The live tail of a list's newest page: a follow switch that (re)opens the SSE follow of `path`
+ * from `params()` (the position the view has reached) and hands each event to `onEvent`; paused,
+ * the follow is aborted. `stop` also ends it when the view goes away.
+ */
+export function liveTail(path, params, onEvent) {
+  let live = null; // AbortController of the running follow
+  const toggle = followToggle(true, (on) => (on ? start() : stop()));
+  function stop() {
+    if (live) live.abort();
+    live = null;
+    toggle.setState("paused");
+  }
+  function start() {
+    stop();
+    live = new AbortController();
+    toggle.setState("connecting…");
+    follow(path, params(), { signal: live.signal, onState: (s) => toggle.setState(s), onEvent });
+  }
+  return {
+    stop,
+    /** On the newest page: the switch, following; elsewhere a note that it only runs there. */
+    show(controls, newest) {
+      if (newest) {
+        mount(controls, toggle.element);
+        start();
+      } else {
+        mount(controls, h("span", { class: "muted" }, "Live follow runs on the newest page."));
+      }
     },
   };
 }

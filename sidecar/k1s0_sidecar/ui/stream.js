@@ -1,9 +1,9 @@
 // One stream: its events by version, paged; the newest page follows new events live (SSE) unless
 // paused; the latest snapshot; and a confirmed delete (the server allows it to sys_admin only).
 
-import { ApiError, del, enc, follow, getJson } from "./api.js";
+import { ApiError, del, enc, getJson } from "./api.js";
 import { h, href, mount, pretty, time } from "./dom.js";
-import { eventRow, followToggle } from "./events_common.js";
+import { eventRow, liveTail } from "./events_common.js";
 
 const PAGE_SIZE = 20;
 
@@ -19,33 +19,17 @@ export function streamView({ main, params, report }, streamId) {
     h("h1", {}, "Stream ", h("code", {}, streamId)),
     heading, controls, list, pager, snapshot, deleteSection(streamId, base, report));
 
-  let live = null; // AbortController of the running follow
   let alive = true;
   let lastVersion = 0;
   let shown = 0;
 
-  const toggle = followToggle(true, (on) => (on ? start() : stop()));
-  function stop() {
-    if (live) live.abort();
-    live = null;
-    toggle.setState("paused");
-  }
-  function start() {
-    stop();
-    live = new AbortController();
-    toggle.setState("connecting…");
-    follow(`${base}/subscribe`, { after_version: lastVersion }, {
-      signal: live.signal,
-      onState: (s) => toggle.setState(s),
-      onEvent: (e) => {
-        if (e.version <= lastVersion) return;
-        lastVersion = e.version;
-        shown += 1;
-        list.append(eventRow(e, { showStream: false }));
-        heading.textContent = `version ${e.version} · live`;
-      },
-    });
-  }
+  const tail = liveTail(`${base}/subscribe`, () => ({ after_version: lastVersion }), (e) => {
+    if (e.version <= lastVersion) return;
+    lastVersion = e.version;
+    shown += 1;
+    list.append(eventRow(e, { showStream: false }));
+    heading.textContent = `version ${e.version} · live`;
+  });
 
   (async () => {
     // The newest page unless one is asked for: page k holds versions (k-1)*size+1 .. k*size.
@@ -65,12 +49,7 @@ export function streamView({ main, params, report }, streamId) {
       page > 1 ? h("a", { href: href(`/stream/${enc(streamId)}`, { page: page - 1 }), rel: "prev" }, "‹ older") : null,
       page < last ? h("a", { href: href(`/stream/${enc(streamId)}`, { page: page + 1 }), rel: "next" }, "newer ›") : null,
       page < last ? h("a", { href: href(`/stream/${enc(streamId)}`) }, "newest »") : null);
-    if (page === last) {
-      mount(controls, toggle.element);
-      start();
-    } else {
-      mount(controls, h("span", { class: "muted" }, "Live follow runs on the newest page."));
-    }
+    tail.show(controls, page === last);
   })().catch((err) => {
     if (err instanceof ApiError && err.code === "SYS_EVSTORE_STREAM_NOT_FOUND") {
       mount(list, h("p", { class: "muted" }, "This stream does not exist (or was deleted)."));
@@ -93,7 +72,7 @@ export function streamView({ main, params, report }, streamId) {
 
   return () => {
     alive = false;
-    stop();
+    tail.stop();
   };
 }
 
