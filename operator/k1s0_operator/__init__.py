@@ -1,6 +1,9 @@
 """The k1s0 event-store operator (Kopf): EventStream reconciliation and sidecar injection.
 
-Public surface: the resource's names, the spec parser, and ``run``. Everything else is private.
+Public surface: the resource's names, the spec parser, and ``run``; the public modules ``main``
+(the operator process), ``webhook`` and ``injection`` (the sidecar-injection webhook), ``certs``
+(its serving certificate) and ``uninstall_check`` (the chart's pre-delete hook). Modules whose
+names start with ``_`` are private.
 Importing ``k1s0_operator.main`` registers the Kopf handlers; this package does not, so that the
 names below can be used (e.g. by the injection webhook) without pulling Kopf's registry in.
 """

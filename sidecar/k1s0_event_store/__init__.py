@@ -1,4 +1,4 @@
-"""k1s0_event_store: append-only event streams with optimistic concurrency (seed 002).
+"""k1s0_event_store: append-only event streams with optimistic concurrency.
 
 The public API is this module and the public submodules below; modules and folders whose name
 starts with ``_`` are private to this package (other packages import the names re-exported here).
@@ -21,7 +21,11 @@ Public submodules:
 
 - ``protocol``: the gRPC protocol: generated messages and stubs (``event_store_pb2``,
   ``event_store_pb2_grpc``) and event metadata <-> protobuf (``metadata_to_pb``, ``metadata_from_pb``);
+- ``error_map``: every error code with its HTTP status, gRPC status, category and exception class
+  (the sidecar renders errors, the gRPC client decodes them and the CLI picks exit codes from it);
 - ``schema``: the PostgreSQL schema, its migrations, identifier quoting and lock keys;
+- ``sidecar_config``: the sidecar's configuration document (``config.yaml`` and ``EVENTSTORE_*``
+  variables): the sidecar reads it, the operator writes it into each stream's ConfigMap;
 - ``aggregates``, ``consumer``, ``kafka_security``: aggregates on a store, the Kafka consumer;
 - ``stores.memory``, ``stores.postgres``, ``stores.remote``: the stores (also exported here).
 """

@@ -125,7 +125,7 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
     [wheel] = (tmp_path / "w").glob("k1s0_eventstore-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("k1s0_operator/webhook.py", "k1s0_operator/injection.py", "k1s0_operator/certs.py",
-                   "k1s0_cli/__init__.py", "k1s0_sidecar/runtime.py", "k1s0_event_store/__init__.py"):
+                   "k1s0_cli/__init__.py", "k1s0_sidecar/_runtime.py", "k1s0_event_store/__init__.py"):
         assert needed in names, needed
     assert any(n.startswith("k1s0_event_store/_proto/") and n.endswith("_pb2_grpc.py") for n in names), \
         "the generated gRPC stubs ship in the package"
