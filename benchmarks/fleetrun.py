@@ -263,13 +263,11 @@ class FleetRun:
         schema = schema_for(build, proxy)
         env = {"EVENTSTORE_LOG_LEVEL": "WARNING", "EVENTSTORE_DATABASE_MIN_CONNECTIONS": "5",
                "PYTHONPATH": baseline.pythonpath(tree)}
-        sidecars = [ServedSidecar(self.dsn(proxy), schema, env=env) for _ in range(count)]
-        # every port distinct: each sidecar picks two free ports on its own, and a port that one
-        # picked is free again for the next (grpcio binds with SO_REUSEPORT, so two sidecars on one
+        # every port distinct, from one pick (grpcio binds with SO_REUSEPORT, so two sidecars on one
         # gRPC port would even both start and share its connections)
         ports = free_ports(2 * count)
-        for i, s in enumerate(sidecars):
-            s.rest_port, s.grpc_port = ports[2 * i], ports[2 * i + 1]
+        sidecars = [ServedSidecar(self.dsn(proxy), schema, env=env, ports=(ports[2 * i], ports[2 * i + 1]))
+                    for i in range(count)]
         log(f"starting {count} sidecars ({build} build{', via the delay proxy' if proxy else ''}, schema {schema}, "
             f"logs {sidecars[0].log_path.parent}/k1s0-sidecar-*.log)")
         try:

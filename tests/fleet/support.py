@@ -28,6 +28,7 @@ from k1s0_event_store.protocol import event_store_pb2 as pb
 from k1s0_event_store.protocol import event_store_pb2_grpc as pb_grpc
 from k1s0_event_store.schema import quote_ident
 from k1s0_sidecar._errors import error_info_from_call
+from tests.support.postgres import free_ports
 from tests.support.sidecar import ServedSidecar
 
 #: How long any condition may take to become true: generous, because the machine is shared and a
@@ -63,7 +64,9 @@ def start(sidecar: ServedSidecar, timeout: float = 60) -> ServedSidecar:
 
 def start_fleet(dsn: str, schema: str, n: int, env: dict[str, str] | None = None) -> list[ServedSidecar]:
     """Start ``n`` sidecars on one schema at once (their start-ups overlap) and wait until all are ready."""
-    sidecars = [ServedSidecar(dsn, schema, env={**FLEET_ENV, **(env or {})}, migrate=False) for _ in range(n)]
+    ports = free_ports(2 * n)
+    sidecars = [ServedSidecar(dsn, schema, env={**FLEET_ENV, **(env or {})}, migrate=False,
+                              ports=(ports[2 * i], ports[2 * i + 1])) for i in range(n)]
     with ThreadPoolExecutor(n) as pool:
         started = [pool.submit(start, s) for s in sidecars]
         errors = [f.exception() for f in started]

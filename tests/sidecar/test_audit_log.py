@@ -303,10 +303,10 @@ async def test_text_mode_logs_every_request_and_each_write(pg: LocalPostgres) ->
         wanted = [
             "k1s0_sidecar.access: GET /healthz 200 ",  # the query is not logged
             f"k1s0_sidecar.access: POST /api/v1/streams/{stream}/events 201 ",
-            f"k1s0_sidecar._audit: append {stream} by anonymous: 1 event, now at version 1",
+            f"k1s0_sidecar.audit: append {stream} by anonymous: 1 event, now at version 1",
             "k1s0_sidecar.access: gRPC ReadEvents OK ",
             "k1s0_sidecar.access: gRPC AppendEvents ABORTED ",
-            f"k1s0_sidecar._audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
+            f"k1s0_sidecar.audit: append {stream} by anonymous: failure SYS_EVSTORE_VERSION_CONFLICT",
             "k1s0_sidecar.access: gRPC SubscribeToStream CANCELLED ",
         ]
         deadline = time.monotonic() + 10

@@ -19,10 +19,13 @@ from tests.support.postgres import create_schema, drop_schema, free_ports
 
 
 class ServedSidecar:
-    def __init__(self, dsn: str, schema: str, *, env: dict[str, str] | None = None, migrate: bool = True) -> None:
+    def __init__(self, dsn: str, schema: str, *, env: dict[str, str] | None = None, migrate: bool = True,
+                 ports: tuple[int, int] | None = None) -> None:
         self.dsn = dsn
         self.schema = schema
-        self.rest_port, self.grpc_port = free_ports(2)
+        # Several sidecars started together take their ports from one free_ports() call: ports
+        # picked one call at a time can repeat (a port closed after the pick is free again).
+        self.rest_port, self.grpc_port = ports or free_ports(2)
         self.extra_env = env or {}
         self.migrate = migrate
         self.proc: subprocess.Popen[bytes] | None = None
