@@ -104,3 +104,4 @@ def validate_version_bound(value: object, field_name: str, minimum: int = 0) -> 
     if value > MAX_INT64:
         raise ValidationError(f"{field_name} must fit in 64 bits (<= {MAX_INT64})", field=field_name)
     return value
+

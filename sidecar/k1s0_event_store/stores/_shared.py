@@ -1,10 +1,12 @@
-"""What the stores share beyond the store API: the envelope of an event a store has just written."""
+"""What the stores share beyond the store API: the envelope of an event a store has just written,
+and the check of ``load``'s arguments."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from .._model import EventEnvelope, PreparedEvent, StreamId
+from .._validation import validate_version_bound
 
 
 def envelope_from_prepared(
@@ -21,3 +23,12 @@ def envelope_from_prepared(
         sequence=sequence,
         stored_at=stored_at,
     )
+
+
+def validate_load(stream_id: StreamId | str, from_version: int, to_version: int | None) -> StreamId:
+    """``load``'s arguments, checked the same way by every store; the stream id parsed."""
+    sid = StreamId.of(stream_id)
+    validate_version_bound(from_version, "from_version")
+    if to_version is not None:
+        validate_version_bound(to_version, "to_version")
+    return sid

@@ -18,7 +18,7 @@ from .._json import encode_json
 from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_streams
 from .._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage
 from .._validation import MAX_EVENT_TYPE_LENGTH, validate_name, validate_read_all, validate_version_bound
-from ._shared import envelope_from_prepared
+from ._shared import envelope_from_prepared, validate_load
 
 T = TypeVar("T")
 
@@ -81,10 +81,7 @@ class InMemoryEventStore(EventStore):
     async def load(
         self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None
     ) -> list[EventEnvelope]:
-        sid = StreamId.of(stream_id)
-        validate_version_bound(from_version, "from_version")
-        if to_version is not None:
-            validate_version_bound(to_version, "to_version")
+        sid = validate_load(stream_id, from_version, to_version)
         return [
             e
             for e in self._streams.get(str(sid), [])

@@ -36,7 +36,7 @@ from .._listing import StreamList, StreamSummary, encode_cursor, validate_list_s
 from .._model import AppendRequest, AppendResult, EventEnvelope, Snapshot, StreamId, StreamPage
 from .._validation import MAX_EVENT_TYPE_LENGTH, validate_name, validate_read_all, validate_version_bound
 from ..schema import append_lock_key, quote_ident
-from ._shared import envelope_from_prepared
+from ._shared import envelope_from_prepared, validate_load
 from .memory import new_snapshot_id
 
 T = TypeVar("T")
@@ -284,15 +284,11 @@ class PostgresEventStore(_PoolOwner, EventStore):
         guessed, stale = True, 0
         while True:
             decisions = plan(requests, versions, stored_by_id)
-            writes = [d for d in decisions if isinstance(d, Write)]
-            if not (guessed and len(writes) < len(decisions)):  # never refuse or replay on a guess
-                if not writes:
-                    return self._results(decisions, {})
-                args, finals = self._write_args(writes, versions)
-                rows = await conn.fetch(self._sql_append_planned, *args)
-                if rows:
-                    self._remember(finals)
-                    return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+            # never refuse or replay on a guess
+            if not guessed or all(isinstance(d, Write) for d in decisions):
+                done = await self._write_plan(conn, decisions, versions)
+                if done is not None:
+                    return done
                 stats.replanned += 1
                 stale += 1
                 if stale >= _OPTIMISTIC_ATTEMPTS:
@@ -300,6 +296,21 @@ class PostgresEventStore(_PoolOwner, EventStore):
                     return await self._append_locked(conn, requests)
             versions, stored_by_id = await self._read_state(conn, requests)
             guessed = False
+
+    async def _write_plan(
+        self, conn: asyncpg.Connection, decisions: list[Decision], versions: dict[str, int]
+    ) -> list[AppendResult | EventStoreError] | None:
+        """The outcomes of a plan, its appends written by one ``append_planned``; None when that
+        wrote nothing because a stream was no longer at its planned version (plan again)."""
+        writes = [d for d in decisions if isinstance(d, Write)]
+        if not writes:
+            return self._results(decisions, {})
+        args, finals = self._write_args(writes, versions)
+        rows = await conn.fetch(self._sql_append_planned, *args)
+        if not rows:
+            return None
+        self._remember(finals)
+        return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
 
     def _guess_versions(self, requests: Sequence[AppendRequest]) -> dict[str, int]:
         guesses: dict[str, int] = {}
@@ -403,18 +414,12 @@ class PostgresEventStore(_PoolOwner, EventStore):
         The write is undone and planned again on what is now committed."""
         for _ in range(_IN_FLIGHT_RETRIES):
             versions, stored_by_id = await self._read_state(conn, requests)
-            decisions = plan(requests, versions, stored_by_id)
-            writes = [d for d in decisions if isinstance(d, Write)]
-            if not writes:
-                return self._results(decisions, {})
             # The same statement as the optimistic path (its locks are re-entrant for this
             # transaction, its checks pass under the lock, and a collision with an appender still
             # committing is undone inside it and answered with no rows).
-            args, finals = self._write_args(writes, versions)
-            rows = await conn.fetch(self._sql_append_planned, *args)
-            if rows:
-                self._remember(finals)
-                return self._results(decisions, {r[0]: (r[1], r[2]) for r in rows})
+            done = await self._write_plan(conn, plan(requests, versions, stored_by_id), versions)
+            if done is not None:
+                return done
             self.append_stats.replanned += 1
         raise UnavailableError("appenders still committing kept taking this batch's rows: try again")
 
@@ -435,10 +440,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
     async def load(
         self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None
     ) -> list[EventEnvelope]:
-        sid = StreamId.of(stream_id)
-        validate_version_bound(from_version, "from_version")
-        if to_version is not None:
-            validate_version_bound(to_version, "to_version")
+        sid = validate_load(stream_id, from_version, to_version)
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE stream_id = $1 AND version >= $2"

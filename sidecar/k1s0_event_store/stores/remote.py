@@ -41,6 +41,7 @@ from ..error_map import error_info, from_wire
 from ..protocol import event_store_pb2 as pb
 from ..protocol import event_store_pb2_grpc as pb_grpc
 from ..protocol import metadata_from_pb, metadata_to_pb
+from ._shared import validate_load
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str] | None
@@ -204,12 +205,9 @@ class GrpcEventStore(_Client, EventStore):
     async def load(
         self, stream_id: StreamId | str, from_version: int = 0, to_version: int | None = None
     ) -> list[EventEnvelope]:
-        sid = StreamId.of(stream_id)
-        validate_version_bound(from_version, "from_version")
-        if to_version is not None:
-            validate_version_bound(to_version, "to_version")
-            if to_version < max(from_version, 1):
-                return []
+        sid = validate_load(stream_id, from_version, to_version)
+        if to_version is not None and to_version < max(from_version, 1):
+            return []
         kw: dict[str, Any] = {"from_version": max(from_version, 1)}
         if to_version is not None:
             kw["to_version"] = to_version
