@@ -2,7 +2,7 @@
 
 The fleet's sidecar cases run once more with the sidecar of git revision REV: a detached git
 worktree of REV under ``benchmarks/.build/baseline-<commit>`` (made once, reused while it exists),
-whose ``sidecar/`` and ``operator/`` come first on the sidecar processes' ``PYTHONPATH``, in the
+whose ``sidecar/``, ``operator/`` and ``cli/`` come first on the sidecar processes' ``PYTHONPATH``, in the
 same virtual environment (so REV must run on this tree's dependencies; a REV that needs others
 fails its cases, and says why in the sidecar's log). Load generators and PostgreSQL stay the same.
 """
@@ -45,4 +45,10 @@ def prepare(rev: str) -> tuple[str, Path]:
 
 def pythonpath(tree: Path) -> str:
     """``PYTHONPATH`` that makes a sidecar process import the packages of ``tree`` (before the venv's)."""
-    return os.pathsep.join([str(tree / "sidecar"), str(tree / "operator")])
+    return os.pathsep.join([str(tree / "sidecar"), str(tree / "operator"), str(tree / "cli")])
+
+
+def serve_command(tree: Path) -> list[str]:
+    """The module that runs ``serve`` in ``tree``: the ``k1s0_cli`` package, or in revisions made
+    before it existed, the command module inside the sidecar package."""
+    return ["-m", "k1s0_cli" if (tree / "cli" / "k1s0_cli").is_dir() else "k1s0_sidecar.cli", "serve"]

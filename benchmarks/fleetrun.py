@@ -245,9 +245,9 @@ class FleetRun:
         return run_workers("grpcgo", [spec], self.settings.timing, server_pid=pids, postgres_pid=self.pg_pid,
                            others=self.others(case.proxy))
 
-    def _spawn(self, sidecar: ServedSidecar) -> None:
+    def _spawn(self, sidecar: ServedSidecar, tree: Path) -> None:
         log_file = sidecar.log_path.open("ab")
-        sidecar.proc = subprocess.Popen([sys.executable, "-m", "k1s0_cli", "serve"],
+        sidecar.proc = subprocess.Popen([sys.executable, *baseline.serve_command(tree)],
                                         env=sidecar.environment(), stdout=log_file, stderr=subprocess.STDOUT)
 
     @contextlib.contextmanager
@@ -271,10 +271,10 @@ class FleetRun:
         log(f"starting {count} sidecars ({build} build{', via the delay proxy' if proxy else ''}, schema {schema}, "
             f"logs {sidecars[0].log_path.parent}/k1s0-sidecar-*.log)")
         try:
-            self._spawn(sidecars[0])  # alone first: it migrates the schema
+            self._spawn(sidecars[0], tree)  # alone first: it migrates the schema
             sidecars[0].wait_ready(FLEET_READY_TIMEOUT)
             for s in sidecars[1:]:
-                self._spawn(s)
+                self._spawn(s, tree)
             for s in sidecars[1:]:
                 s.wait_ready(FLEET_READY_TIMEOUT)
             yield sidecars
