@@ -149,8 +149,6 @@ def sse_frame(event: EncodedEvent) -> bytes:
     return f"id: {event.sequence}\ndata: {event_document(event)}\n\n".encode()
 
 
-
-
 def published_message(e: EventEnvelope) -> dict[str, Any]:
     """Seed 000's Kafka message for one stored event."""
     return {

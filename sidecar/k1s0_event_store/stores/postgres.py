@@ -154,7 +154,9 @@ class _PoolOwner:
         self._pool = None
 
 
-def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelope:
+def envelope_from_row(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelope:
+    """An ``events`` row (the columns of ``_EVENT_COLUMNS``, jsonb decoded) as an EventEnvelope,
+    with a cache of parsed stream ids: the one mapping, also for the sidecar's Kafka forwarder."""
     name = row["stream_id"]
     sid = streams.get(name)
     if sid is None:
@@ -172,13 +174,8 @@ def _envelope(row: asyncpg.Record, streams: dict[str, StreamId]) -> EventEnvelop
     )
 
 
-#: An ``events`` row (the columns of ``_EVENT_COLUMNS``, jsonb decoded) as an EventEnvelope, with a
-#: cache of parsed stream ids: the one mapping, also for the sidecar's Kafka forwarder.
-envelope_from_row = _envelope
-
-
 def _envelopes(rows: list[asyncpg.Record], streams: dict[str, StreamId]) -> list[EventEnvelope]:
-    return [_envelope(r, streams) for r in rows]
+    return [envelope_from_row(r, streams) for r in rows]
 
 
 #: A row of ``_ENCODED_COLUMNS`` as an EncodedEvent: the columns are in the tuple's field order, so
@@ -341,7 +338,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
         if given:
             cache: dict[str, StreamId] = {}
             for row in await conn.fetch(self._sql_by_ids, given):
-                stored_by_id[row["event_id"]] = _envelope(row, cache)
+                stored_by_id[row["event_id"]] = envelope_from_row(row, cache)
         return versions, stored_by_id
 
     @staticmethod
@@ -448,7 +445,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
                 str(sid), from_version, to_version,
             )
         cache = {str(sid): sid}
-        return [_envelope(r, cache) for r in rows]
+        return _envelopes(rows, cache)
 
     async def _read_stream(
         self, form: ReadForm[T], stream_id: StreamId | str, from_version: int, to_version: int | None,
@@ -523,7 +520,7 @@ class PostgresEventStore(_PoolOwner, EventStore):
             )
         if row is None:
             raise EventNotFoundError(str(sid), sequence)
-        return _envelope(row, {str(sid): sid})
+        return envelope_from_row(row, {str(sid): sid})
 
     async def _read_all(
         self, form: ReadForm[T], after_sequence: int, limit: int, stream_prefixes: Sequence[str],
