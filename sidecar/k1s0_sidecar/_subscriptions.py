@@ -47,7 +47,6 @@ from k1s0_event_store import (
     StreamId,
     StreamNotFoundError,
     UnavailableError,
-    ValidationError,
     validate_filters,
     validate_version_bound,
 )
@@ -427,8 +426,6 @@ class SubscriptionHub:
         Deleting the stream ends the subscription with ``StreamNotFoundError``.
         """
         sid = StreamId.parse(stream_id)
-        if isinstance(after_version, bool) or not isinstance(after_version, int) or after_version < 0:
-            raise ValidationError("after_version must be an integer >= 0", field="after_version")
         validate_version_bound(after_version, "after_version")
         return self._stream(sid, after_version, from_end, heartbeat)
 
