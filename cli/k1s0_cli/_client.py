@@ -24,6 +24,7 @@ from k1s0_event_store import (
     EventStoreError,
     GrpcEventStore,
     GrpcSnapshotStore,
+    SnapshotNotFoundError,
     ValidationError,
     event_json,
     rfc3339,
@@ -158,8 +159,6 @@ async def _events_get(args: argparse.Namespace, store: GrpcEventStore) -> int:
 async def _snapshots_latest(args: argparse.Namespace, snapshots: GrpcSnapshotStore) -> int:
     snap = await snapshots.load_latest(args.stream)
     if snap is None:
-        from k1s0_event_store import SnapshotNotFoundError
-
         raise SnapshotNotFoundError(args.stream)
     body = snapshot_json(snap, with_state=True)
     if args.output == "json":
