@@ -260,6 +260,28 @@ async def test_waits_for_a_new_stream_and_ends_when_it_is_deleted(sidecar: Serve
         assert info is not None and info.reason == "SYS_EVSTORE_STREAM_NOT_FOUND"
 
 
+async def test_a_negative_after_version_is_refused_on_grpc_and_a_good_subscription_beside_it_runs(
+    sidecar: ServedSidecar, stream: str
+) -> None:
+    """SubscribeToStream's after_version is an int64: a negative one is a SYS_EVSTORE_VALIDATION_ERROR
+    (INVALID_ARGUMENT) naming the field, and a good subscription on the same channel is unaffected.
+    (after_sequence is a uint64: no client can send a negative one.)"""
+    async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
+        stub = pb_grpc.EventStoreServiceStub(channel)
+        good = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream))
+        bad = stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_id=stream, after_version=-1))
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await asyncio.wait_for(bad.read(), 10)  # a refusal comes at once; never wait for events
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info_from_call(exc.value)
+        assert info is not None and info.reason == "SYS_EVSTORE_VALIDATION_ERROR"
+        assert "after_version" in info.metadata and info.metadata["request_id"].startswith("req_")
+        await stub.AppendEvents(any_version(stream_id=stream, events=batch("First", 0, 1)))
+        note = await good.read()
+        assert note.event.version == 1 and note.event.event_type == "First"
+        good.cancel()
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
